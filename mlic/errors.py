@@ -1,0 +1,32 @@
+"""Exceptions that name the file and the field at fault, so bad input is fixed at its source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """A dataset file is malformed: `path` is the file, `field` the key, tag or column, `problem` what is wrong."""
+
+    def __init__(self, path: str | Path, field: str, problem: str) -> None:
+        self.path = str(path)
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{self.path}: field {field!r}: {problem}")
+
+
+class BadImageError(OSError):
+    """An image file is missing or cannot be decoded."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be obtained (offline, or no offline copy for this model)."""
