@@ -1,0 +1,15 @@
+"""Multi-label losses, chosen by name through `LOSSES` / `create_loss`.
+
+Every loss shares one call, ``loss(logits, targets, *, mask=None, index=None)``, and one explicit ``reduction``
+(``"mean"`` over counted entries by default); `mlic.losses.registry` documents the contract.
+"""
+
+from mlic.losses.asl import AsymmetricLoss as AsymmetricLoss
+from mlic.losses.bce import BinaryCrossEntropy as BinaryCrossEntropy
+from mlic.losses.focal import FocalLoss as FocalLoss
+from mlic.losses.registry import LOSSES as LOSSES
+from mlic.losses.registry import REDUCTIONS as REDUCTIONS
+from mlic.losses.registry import MultiLabelLoss as MultiLabelLoss
+from mlic.losses.registry import create_loss as create_loss
+from mlic.losses.registry import list_losses as list_losses
+from mlic.losses.registry import reduce_loss as reduce_loss
