@@ -40,7 +40,7 @@ class LabelledImages:
     source: str = ""
 
     def __post_init__(self) -> None:
-        self.paths = [Path(p) for p in self.paths]
+        self.paths = [p if isinstance(p, Path) else Path(p) for p in self.paths]
         self.labels = np.asarray(self.labels, dtype=np.uint8)
         if not self.image_ids:
             self.image_ids = [p.stem for p in self.paths]
@@ -116,3 +116,10 @@ class LabelledImages:
 
 def _is_per_image(value: Any, n: int) -> bool:
     return isinstance(value, (np.ndarray, list, tuple)) and len(value) == n
+
+
+def summary_table(tables: dict[str, LabelledImages]) -> Any:
+    """One row of `LabelledImages.summary()` per split, for a notebook's data overview."""
+    import pandas as pd
+
+    return pd.DataFrame([{"split": name, **table.summary()} for name, table in tables.items()])
