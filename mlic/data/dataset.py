@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from mlic.data.table import LabelledImages
@@ -78,15 +78,13 @@ def build_transforms(image_size: int, *, train: bool, mean: Sequence[float], std
 def read_image(path: str) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor `[3, H, W]`; raise `BadImageError` naming the path."""
     try:
-        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    except OSError as err:
-        raise BadImageError(path, f"cannot read file ({err.strerror or err})") from err
-    if data.numel() == 0:
-        raise BadImageError(path, "empty file")
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError as err:
-        raise BadImageError(path, f"cannot decode image ({err})") from err
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except FileNotFoundError as err:
+        raise BadImageError(path, "file not found") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImageError(path, f"cannot decode image ({type(err).__name__}: {err})") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 class ImageDataset(Dataset):

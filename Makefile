@@ -1,0 +1,41 @@
+# mlic: the two commands are `make run` and `make test`; both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCENES := data/scenes/meta.json
+export MPLBACKEND := Agg
+
+.PHONY: run test lab bench scenes clean-reports
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+$(SCENES): $(STAMP)
+	$(VENV)/bin/mlic scenes --out data/scenes
+
+scenes: $(SCENES)
+
+## make run: the quick suite of notebooks on the Scenes benchmark → reports/quick/index.md (+ index.html)
+run: $(SCENES)
+	$(VENV)/bin/mlic run quick
+	@echo "Report: $(CURDIR)/reports/quick/index.md and index.html"
+
+## make test: the test suite (unit, notebooks under papermill, distributed)
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+## make lab: JupyterLab on notebooks/
+lab: $(SCENES)
+	$(VENV)/bin/jupyter lab notebooks
+
+## make bench: speed benchmarks, ratios measured side by side
+bench: $(SCENES)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-reports:
+	rm -rf reports/quick reports/paper

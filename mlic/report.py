@@ -1,0 +1,279 @@
+"""Suites of notebooks under papermill, and the report they leave in `reports/<suite>/`.
+
+- `record(output_dir, ...)`: a notebook's last cell; writes `results.json` (metrics, values, versions, seed) and
+  tables as CSV, which the report collects.
+- `run_suite(suite_file)`: executes every notebook entry of a suite YAML (each grid point is one run, in its own
+  folder), records failures with the failing cell and goes on, skips runs that already succeeded unless `force`.
+- `write_index(suite_dir)`: `index.md` and `index.html` with every figure, the collected tables, links to the
+  executed notebooks, versions and seeds, timings and the failures.
+
+Suite YAML::
+
+    name: quick
+    defaults: {data_root: data/scenes}        # parameters given to every notebook
+    entries:
+      - notebook: 00_quickstart.ipynb
+        name: quickstart
+        parameters: {epochs: 6}
+        grid: {seed: [0, 1]}                  # optional: one run per combination
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import itertools
+import json
+import logging
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from mlic.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+STATUS_FILE = "status.json"
+_VERSIONED = ("mlic", "torch", "torchvision", "timm", "grad-cam", "papermill", "scikit-learn", "numpy")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def record(output_dir: str | Path, *, metrics: dict[str, Any] | None = None,
+           tables: dict[str, pd.DataFrame] | None = None, seed: int | None = None, **values: Any) -> Path:
+    """Save a notebook's results where the report finds them.
+
+    Args:
+        output_dir: the run folder (the notebook's `output_dir` parameter).
+        metrics: headline numbers, e.g. `{"test": {"mAP": 81.2}, "test_shift": {...}}`.
+        tables: named DataFrames, saved as `tables/<name>.csv` and shown in the report.
+        seed: the seed of the run, shown beside its results.
+        **values: any other JSON-serialisable values worth keeping.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, frame in (tables or {}).items():
+        table_file = out / "tables" / f"{name}.csv"
+        table_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(table_file, frame.to_csv(index=False))
+    payload = {"metrics": metrics or {}, "values": values, "seed": seed, "versions": versions(),
+               "tables": sorted(tables or {}), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_json(out / RESULTS_FILE, payload)
+    return out / RESULTS_FILE
+
+
+@dataclass
+class SuiteRun:
+    """One notebook execution of a suite: which notebook, under which name, with which parameters."""
+
+    notebook: str
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def load_suite(path: str | Path) -> tuple[str, list[SuiteRun]]:
+    """Parse a suite YAML into its name and its list of runs (grids expanded)."""
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or "entries" not in spec:
+        raise ValueError(f"{path}: a suite needs a mapping with an 'entries' list")
+    defaults = spec.get("defaults") or {}
+    runs: list[SuiteRun] = []
+    for i, entry in enumerate(spec["entries"]):
+        if "notebook" not in entry:
+            raise ValueError(f"{path}: entries[{i}] has no 'notebook'")
+        base = Path(entry["notebook"]).stem
+        name = entry.get("name", base)
+        params = {**defaults, **(entry.get("parameters") or {})}
+        grid = entry.get("grid") or {}
+        keys = sorted(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+            point = dict(zip(keys, combo))
+            suffix = "".join(f"__{k}-{_slug(v)}" for k, v in point.items())
+            runs.append(SuiteRun(entry["notebook"], f"{name}{suffix}", {**params, **point}))
+    names = [r.name for r in runs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: run names repeat: {duplicated}; give entries distinct 'name's")
+    return spec.get("name", path.stem), runs
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_")
+
+
+@dataclass
+class SuiteResult:
+    """Outcome of `run_suite`: the suite folder and the names of runs that succeeded, failed or were skipped."""
+
+    suite_dir: Path
+    succeeded: list[str]
+    failed: list[str]
+    skipped: list[str]
+
+
+def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", notebooks_dir: str | Path | None = None,
+              force: bool = False, only: list[str] | None = None, kernel_name: str = "python3",
+              overrides: dict[str, Any] | None = None, progress: bool = True) -> SuiteResult:
+    """Execute a suite's notebooks with papermill into `reports_dir/<suite>/<run>/`, then write the index.
+
+    A failing notebook is recorded (failing cell, error) and the others still run; a run whose `status.json` says
+    it succeeded is skipped unless `force`.
+    """
+    import papermill as pm
+
+    suite_file = Path(suite_file)
+    name, runs = load_suite(suite_file)
+    if only:
+        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
+    notebooks = Path(notebooks_dir) if notebooks_dir else suite_file.parent.parent
+    suite_dir = Path(reports_dir) / name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    done, failed, skipped = [], [], []
+    for run in tqdm(runs, desc=f"suite {name}", disable=not progress):
+        run_dir = suite_dir / run.name
+        status_file = run_dir / STATUS_FILE
+        if not force and status_file.exists() and json.loads(status_file.read_text()).get("status") == "ok":
+            skipped.append(run.name)
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        params = {**run.parameters, **(overrides or {}), "output_dir": str(run_dir.resolve())}
+        source = notebooks / run.notebook
+        started = time.perf_counter()
+        status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
+        try:
+            pm.execute_notebook(str(source), str(run_dir / Path(run.notebook).name), parameters=params,
+                                kernel_name=kernel_name, cwd=str(Path.cwd()), progress_bar=False)
+            status["status"] = "ok"
+            done.append(run.name)
+        except pm.PapermillExecutionError as err:
+            status.update(status="failed", error=f"{err.ename}: {err.evalue}", cell=err.exec_count,
+                          source=err.source[-2000:])
+            failed.append(run.name)
+            log.error("%s failed in cell %s: %s: %s", run.name, err.exec_count, err.ename, err.evalue)
+        except Exception as err:  # a notebook that cannot start (bad JSON, missing kernel) must not stop the suite
+            status.update(status="failed", error=f"{type(err).__name__}: {err}", cell=None, source="")
+            failed.append(run.name)
+            log.error("%s could not run: %s", run.name, err)
+        status["seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_json(status_file, status)
+    write_index(suite_dir)
+    return SuiteResult(suite_dir, done, failed, skipped)
+
+
+def collect(suite_dir: str | Path) -> pd.DataFrame:
+    """One row per run: its status, parameters, seconds and flattened headline metrics."""
+    rows = []
+    for status_file in sorted(Path(suite_dir).glob(f"*/{STATUS_FILE}")):
+        run_dir = status_file.parent
+        status = json.loads(status_file.read_text())
+        row: dict[str, Any] = {"run": run_dir.name, "notebook": status.get("notebook"),
+                               "status": status.get("status"), "seconds": status.get("seconds")}
+        results_file = run_dir / RESULTS_FILE
+        if results_file.exists():
+            results = json.loads(results_file.read_text())
+            row["seed"] = results.get("seed")
+            row.update(_flatten(results.get("metrics", {})))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def markdown_table(frame: pd.DataFrame, *, digits: int = 2) -> str:
+    """A GitHub-flavoured markdown table of `frame` (floats rounded)."""
+    if frame.empty:
+        return "_(empty)_"
+    cols = [str(c) for c in frame.columns]
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_index(suite_dir: str | Path) -> Path:
+    """Write `index.md` and `index.html` for a suite folder; returns the markdown path."""
+    suite_dir = Path(suite_dir)
+    summary = collect(suite_dir)
+    md = [f"# Report: {suite_dir.name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    body = [f"<h1>Report: {html.escape(suite_dir.name)}</h1>"]
+    failures = summary[summary["status"] != "ok"] if not summary.empty else summary
+    md += ["## Runs", "", markdown_table(summary), ""]
+    body += ["<h2>Runs</h2>", summary.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="")]
+    if not failures.empty:
+        md += ["## Failures", ""]
+        body += ["<h2>Failures</h2><ul>"]
+        for run in failures["run"]:
+            status = json.loads((suite_dir / run / STATUS_FILE).read_text())
+            md.append(f"- **{run}** (cell {status.get('cell')}): `{status.get('error')}`")
+            body.append(f"<li><b>{html.escape(run)}</b> (cell {status.get('cell')}): "
+                        f"<code>{html.escape(str(status.get('error')))}</code></li>")
+        md.append("")
+        body.append("</ul>")
+    timings = {row["run"]: row["seconds"] for _, row in summary.iterrows()} if not summary.empty else {}
+    atomic_write_json(suite_dir / "timings.json", {"runs": timings, "total_seconds": sum(timings.values())})
+    for run_dir in sorted(p.parent for p in suite_dir.glob(f"*/{STATUS_FILE}")):
+        md_run, html_run = _run_section(suite_dir, run_dir)
+        md += md_run
+        body += html_run
+    atomic_write_text(suite_dir / "index.md", "\n".join(md) + "\n")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>mlic report</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+    atomic_write_text(suite_dir / "index.html", page)
+    return suite_dir / "index.md"
+
+
+def _run_section(suite_dir: Path, run_dir: Path) -> tuple[list[str], list[str]]:
+    status = json.loads((run_dir / STATUS_FILE).read_text())
+    rel = run_dir.relative_to(suite_dir)
+    nb = rel / Path(status.get("notebook", "")).name
+    md = [f"## {run_dir.name}", "", f"Notebook: [{nb}]({nb}) — status **{status.get('status')}**, "
+          f"{status.get('seconds', 0):.0f} s.", ""]
+    body = [f"<h2>{html.escape(run_dir.name)}</h2>",
+            f"<p>Notebook: <a href='{nb}'>{nb}</a> — status <b>{status.get('status')}</b>, "
+            f"{status.get('seconds', 0):.0f} s.</p>"]
+    results_file = run_dir / RESULTS_FILE
+    if results_file.exists():
+        results = json.loads(results_file.read_text())
+        vers = ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
+        md += [f"Seed {results.get('seed')}; {vers}.", ""]
+        body.append(f"<p>Seed {results.get('seed')}; {html.escape(vers)}.</p>")
+        for table_name in results.get("tables", []):
+            frame = pd.read_csv(run_dir / "tables" / f"{table_name}.csv")
+            md += [f"### {table_name}", "", markdown_table(frame), ""]
+            body += [f"<h3>{html.escape(table_name)}</h3>",
+                     frame.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="")]
+    for figure in sorted((run_dir / "figures").glob("*.png")):
+        fig_rel = figure.relative_to(suite_dir)
+        md += [f"![{figure.stem}]({fig_rel})", ""]
+        body.append(f"<figure><img src='{fig_rel}' alt='{figure.stem}'><figcaption>{figure.stem}</figcaption>"
+                    "</figure>")
+    return md, body

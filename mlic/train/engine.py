@@ -1,0 +1,395 @@
+"""The training engine: `fit(cfg)` builds data, model, loss and optimiser from a `RunConfig`, trains with EMA,
+OneCycle and early stopping, keeps the better of the EMA and raw weights, and leaves a self-describing run folder.
+
+Run folder: `config.yaml`, `metrics.jsonl` (one row per epoch), `final.json`, `predictions/<split>.npz` (scores,
+targets, image ids) and `checkpoints/{last,best}.pt`. With `resume=True` a killed run continues from `last.pt`; each
+epoch's data order and augmentation draws are seeded from (seed, epoch), so the resumed run ends where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import mlic
+from mlic import metrics
+from mlic.config import RunConfig
+from mlic.data.dataset import ImageDataset, build_transforms, collate_skipping
+from mlic.data.features import FeatureDataset, cached_features
+from mlic.data.sources import load_split
+from mlic.data.table import LabelledImages
+from mlic.errors import TrainingDivergedError
+from mlic.io import append_jsonl, atomic_save_npz, atomic_write_json, read_jsonl
+from mlic.losses import create_loss
+from mlic.models import backbone_data_config, create_model
+from mlic.models.classifier import MultiLabelClassifier
+from mlic.train.checkpoint import load_checkpoint, save_checkpoint
+from mlic.train.ema import create_ema
+from mlic.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What `fit` returns: the run folder, the final metrics per split, and how the reported weights were chosen."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]
+    best_epoch: int
+    weights: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → CUDA when available, else CPU; anything else is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices) and numpy's global generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+class Batches:
+    """One split fed either as images (end to end) or as cached backbone features (frozen backbone)."""
+
+    def __init__(self, table: LabelledImages, *, train: bool, cfg: RunConfig, model: MultiLabelClassifier,
+                 device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        data = cfg.data
+        self.table = table
+        self.train = train
+        self.batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
+        self.frozen = cfg.model.freeze_backbone
+        eval_transform = build_transforms(data.image_size, train=False, mean=mean, std=std, normalize=data.normalize)
+        if self.frozen:
+            images = ImageDataset(table, eval_transform, bad_images="raise")
+            settings = {"image_size": data.image_size, "normalize": data.normalize, "mean": list(mean),
+                        "std": list(std)}
+            feats = cached_features(model, images, settings=settings, device=device,
+                                    batch_size=data.eval_batch_size or data.batch_size,
+                                    num_workers=data.num_workers, progress=cfg.train.progress)
+            self.features = FeatureDataset(feats, table)
+        else:
+            transform = build_transforms(data.image_size, train=train, mean=mean, std=std,
+                                         randaugment=data.randaugment, cutout=data.cutout, hflip=data.hflip,
+                                         normalize=data.normalize) if train else eval_transform
+            self.images = ImageDataset(table, transform, bad_images=data.bad_images)
+            self.generator = torch.Generator()
+            self.loader = DataLoader(self.images, batch_size=self.batch_size, shuffle=train,
+                                     drop_last=train and len(table) > self.batch_size, num_workers=data.num_workers,
+                                     collate_fn=collate_skipping, pin_memory=device.type == "cuda",
+                                     generator=self.generator)
+
+    def __len__(self) -> int:
+        n = len(self.table)
+        if self.train and not self.frozen and n > self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def epoch(self, seed: int) -> Iterable[dict[str, Any]]:
+        """The batches of one pass; the order (train) is a function of `seed` alone."""
+        if self.frozen:
+            order = np.random.default_rng(seed).permutation(len(self.table)) if self.train else None
+            return self.features.batches(self.batch_size, order=order)
+        self.generator.manual_seed(seed)
+        return self.loader
+
+
+def _inputs(model: MultiLabelClassifier, batch: dict[str, Any], device: torch.device,
+            channels_last: bool) -> torch.Tensor:
+    if "features" in batch:
+        return model.forward_head(batch["features"].to(device, non_blocking=True))
+    images = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return model(images)
+
+
+def _loss_targets(batch: dict[str, Any], device: torch.device, loss_fn: nn.Module) -> dict[str, Any]:
+    """Targets for the loss: observed labels for partial-label losses, else true labels masked to observed ones."""
+    target = batch["target"].to(device, non_blocking=True)
+    observed = batch.get("observed")
+    kwargs: dict[str, Any] = {"index": batch["index"].to(device)}
+    if observed is not None:
+        observed = observed.to(device, non_blocking=True)
+        if getattr(loss_fn, "uses_observed", False):
+            return {"targets": observed, **kwargs}
+        kwargs["mask"] = observed != 0
+    return {"targets": target, **kwargs}
+
+
+class Trainer:
+    """Holds the pieces of one run and runs its epochs; `fit(cfg)` is the front door."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        data = cfg.data
+        opts = dict(data.options)
+        self.train_table = _limit(load_split(data.dataset, data.root, data.train_split, **opts), data.max_train_images)
+        self.val_table = load_split(data.dataset, data.root, data.val_split, **opts) if data.val_split else None
+        self.eval_tables = {s: load_split(data.dataset, data.root, s, **opts) for s in data.eval_splits}
+        self.class_names = self.train_table.class_names
+        for split, table in self._all_eval_tables().items():
+            if table.class_names != self.class_names:
+                raise ValueError(f"split {split!r} has classes {table.class_names[:5]}... which differ from the "
+                                 f"training split's {self.class_names[:5]}...")
+
+        m = cfg.model
+        self.model = create_model(m.backbone, m.head, len(self.class_names), pretrained=m.pretrained,
+                                  head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs).to(self.device)
+        if m.freeze_backbone:
+            self.model.backbone.requires_grad_(False)
+        self.cuda = self.device.type == "cuda"
+        self.channels_last = self.cuda and cfg.train.channels_last and not m.freeze_backbone
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        dcfg = backbone_data_config(self.model.backbone)
+        mean, std = tuple(dcfg["mean"]), tuple(dcfg["std"])
+        make = lambda table, train: Batches(table, train=train, cfg=cfg, model=self.model,  # noqa: E731
+                                            device=self.device, mean=mean, std=std)
+        self.train_batches = make(self.train_table, True)
+        self.eval_batches = {s: make(t, False) for s, t in self._all_eval_tables().items()}
+
+        self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.kwargs)
+        if hasattr(self.loss_fn, "bind_dataset"):
+            self.loss_fn.bind_dataset(self.train_table)
+        self.loss_fn.to(self.device)
+        trainable = nn.ModuleList([self.model, self.loss_fn])
+        self.optimizer = build_optimizer(trainable, cfg.optim)
+        steps = len(self.train_batches)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        self.steps_per_epoch = steps
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, steps * cfg.train.epochs)
+        self.amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp = self.cuda and cfg.train.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.ema = create_ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.start_epoch = 0
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
+        self.bad_epochs = 0
+        self.skipped: list[str] = []
+
+    def _all_eval_tables(self) -> dict[str, LabelledImages]:
+        tables = dict(self.eval_tables)
+        if self.val_table is not None:
+            tables = {self.cfg.data.val_split: self.val_table, **tables}
+        return tables
+
+    # ----------------------------------------------------------------- checkpoints
+    def _payload(self, model_state: dict[str, torch.Tensor], weights: str, epoch: int) -> dict[str, Any]:
+        return {"state_dict": model_state, "config": self.cfg.to_dict(), "class_names": list(self.class_names),
+                "mlic_version": mlic.__version__, "weights": weights, "epoch": epoch}
+
+    def _save_last(self, epoch: int) -> None:
+        payload = self._payload(self.model.state_dict(), "raw", epoch)
+        payload.update({
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
+            "loss_state": self.loss_fn.state_dict(),
+            "best": dict(self.best),
+            "bad_epochs": self.bad_epochs,
+        })
+        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.loss_fn.load_state_dict(state["loss_state"])
+        self.best = dict(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.start_epoch = int(state["epoch"]) + 1
+        history = read_jsonl(self.run_dir / "metrics.jsonl")
+        kept = [row for row in history if row["epoch"] < self.start_epoch]
+        if len(kept) != len(history):  # epochs after the checkpoint were never saved: drop their rows
+            (self.run_dir / "metrics.jsonl").unlink()
+            for row in kept:
+                append_jsonl(self.run_dir / "metrics.jsonl", row)
+        log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # ----------------------------------------------------------------- loops
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training batches; returns the mean loss and the learning rate at the end."""
+        self.model.train()
+        if self.cfg.model.freeze_backbone:
+            self.model.backbone.eval()
+        epoch_seed = self.cfg.train.seed * 1_000_003 + epoch
+        torch.manual_seed(epoch_seed)
+        total, count = 0.0, 0
+        bar = tqdm(self.train_batches.epoch(epoch_seed), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
+                   leave=False, disable=not self.cfg.train.progress, mininterval=1.0)
+        for step, batch in enumerate(bar):
+            if step >= self.steps_per_epoch:
+                break
+            self.skipped.extend(batch["skipped"])
+            if "target" not in batch:
+                continue
+            loss = self.train_step(batch)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss is {loss} at epoch {epoch + 1}, step {step + 1}; the run stops here. The last good "
+                    f"checkpoint is kept at {self.run_dir / 'checkpoints' / 'last.pt'} (epoch {epoch}). Lower the "
+                    "learning rate or enable grad_clip.")
+            total += loss
+            count += 1
+            if count % 10 == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        return {"train_loss": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """Forward, loss, backward, optimiser and schedule step, EMA update; returns the loss value."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = _inputs(self.model, batch, self.device, self.channels_last)
+        loss = self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return value
+
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sigmoid scores, true labels and row indices of `split` for `model` (in eval mode)."""
+        batches = self.eval_batches[split]
+        was_training = model.training
+        model.eval()
+        scores, targets, indices = [], [], []
+        try:
+            for batch in batches.epoch(0):
+                self.skipped.extend(batch["skipped"])
+                if "target" not in batch:
+                    continue
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    logits = _inputs(model, batch, self.device, self.channels_last)
+                scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+                targets.append(batch["target"].numpy())
+                indices.append(batch["index"].numpy())
+        finally:
+            model.train(was_training)
+        return np.concatenate(scores), np.concatenate(targets).astype(np.uint8), np.concatenate(indices)
+
+    def score(self, model: nn.Module, split: str) -> dict[str, float]:
+        """The selection and report metrics of `model` on `split`."""
+        scores, targets, _ = self.predict(model, split)
+        return metrics.evaluate(scores, targets, threshold=0.5)
+
+    # ----------------------------------------------------------------- the run
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if cfg.train.resume and last.exists():
+            self._restore(last)
+        elif (self.run_dir / "metrics.jsonl").exists():
+            (self.run_dir / "metrics.jsonl").unlink()
+        cfg.to_yaml(self.run_dir / "config.yaml")
+        log.info("run %s: %d train images, %d classes, device %s, %s", self.run_dir, len(self.train_table),
+                 len(self.class_names), self.device, "frozen backbone" if cfg.model.freeze_backbone else "end to end")
+        val_split = cfg.data.val_split
+        metric = cfg.train.selection_metric
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            started = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, **self.train_one_epoch(epoch)}
+            candidates = {"raw": self.model}
+            if self.ema is not None:
+                candidates["ema"] = self.ema.module
+            if val_split:
+                for name, model in candidates.items():
+                    row[f"val_{metric}_{name}"] = self.score(model, val_split)[metric]
+                chosen = max(candidates, key=lambda n: row[f"val_{metric}_{n}"])
+                row[f"val_{metric}"] = row[f"val_{metric}_{chosen}"]
+            else:
+                chosen = "raw"
+                row[f"val_{metric}"] = float(epoch)  # no validation split: the last epoch is the best
+            row["weights"] = chosen
+            row["epoch_seconds"] = time.perf_counter() - started
+            row["skipped_images"] = len(self.skipped)
+            if row[f"val_{metric}"] > self.best["score"]:
+                self.best = {"score": row[f"val_{metric}"], "epoch": epoch, "weights": chosen}
+                self.bad_epochs = 0
+                save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
+                                self._payload(candidates[chosen].state_dict(), chosen, epoch))
+            else:
+                self.bad_epochs += 1
+            append_jsonl(self.run_dir / "metrics.jsonl", row)
+            self._save_last(epoch)
+            log.info("epoch %d: loss %.4f, val %s %.2f (%s)", epoch + 1, row["train_loss"], metric,
+                     row[f"val_{metric}"], chosen)
+            patience = cfg.train.early_stopping_patience
+            if patience is not None and self.bad_epochs >= patience:
+                log.info("early stopping after epoch %d: no improvement for %d epochs", epoch + 1, patience)
+                break
+        return self.finish()
+
+    def finish(self) -> RunResult:
+        """Evaluate the best weights on every split, save predictions and `final.json`."""
+        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["state_dict"])
+        results: dict[str, dict[str, float]] = {}
+        for split, batches in self.eval_batches.items():
+            scores, targets, idx = self.predict(self.model, split)
+            results[split] = metrics.evaluate(scores, targets, threshold=0.5)
+            results[split].update({f"top3_{k}": v for k, v in metrics.evaluate(scores, targets, top_k=3).items()
+                                   if k != "mAP"})
+            ids = np.asarray([batches.table.image_ids[i] for i in idx])
+            atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
+                            image_ids=ids, class_names=np.asarray(self.class_names))
+        history = read_jsonl(self.run_dir / "metrics.jsonl")
+        final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
+                 "epochs_run": len(history), "skipped_images": sorted(set(self.skipped)),
+                 "class_names": list(self.class_names), "mlic_version": mlic.__version__}
+        atomic_write_json(self.run_dir / "final.json", final)
+        if self.skipped:
+            log.warning("%d unreadable image(s) were skipped; listed in final.json", len(set(self.skipped)))
+        return RunResult(self.run_dir, results, int(best["epoch"]), best["weights"], history,
+                         len(set(self.skipped)))
+
+
+def _limit(table: LabelledImages, n: int | None) -> LabelledImages:
+    return table if n is None or n >= len(table) else table.subset(np.arange(n))
+
+
+def fit(cfg: RunConfig) -> RunResult:
+    """Train and evaluate one run described by `cfg`; see the module docstring for the run folder."""
+    return Trainer(cfg).fit()

@@ -1,0 +1,64 @@
+"""Optimisers and schedules of the papers' recipes.
+
+Weight decay is "true" decay on weights only: biases and every 1-D parameter (norm scales and shifts) go into a
+group with no decay, as ASL's `add_weight_decay` does. OneCycle is stepped every iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mlic.config import OptimConfig
+from mlic.registry import Registry
+
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+OPTIMIZERS.register("sgd")(lambda params, lr, weight_decay=0.0: torch.optim.SGD(params, lr=lr, momentum=0.9,
+                                                                               weight_decay=weight_decay))
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with `weight_decay`, biases and 1-D parameters without."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser named in `cfg` over `module`'s trainable parameters (decay on weights only)."""
+    groups = parameter_groups(module, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("the model has no trainable parameters")
+    return OPTIMIZERS.get(cfg.name)(groups, lr=cfg.lr, weight_decay=0.0)
+
+
+SCHEDULERS: Registry[Callable[..., torch.optim.lr_scheduler.LRScheduler]] = Registry("scheduler")
+
+
+@SCHEDULERS.register("onecycle")
+def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 1),
+                                               pct_start=cfg.pct_start)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+
+
+@SCHEDULERS.register("constant")
+def _constant(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-iteration schedule named in `cfg` over `total_steps` optimiser steps."""
+    return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps)

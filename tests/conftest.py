@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny Scenes dataset generated once per session, and a tiny run config over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlic.config import RunConfig
+
+TINY_SCENES = dict(seed=0, image_size=32, n_train=96, n_val=48, n_test=48, n_shift=48, progress=False)
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Scenes benchmark (32 px) shared by the whole session; tests must not modify it."""
+    from mlic.data.scenes import make_scenes
+
+    return make_scenes(tmp_path_factory.mktemp("scenes") / "scenes", **TINY_SCENES)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feature caches go to a session temp folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("MLIC_CACHE", str(tmp_path_factory.getbasetemp() / "mlic-cache"))
+
+
+def tiny_config(root: Path, out: Path, **overrides: object) -> RunConfig:
+    """A run that takes seconds: small backbone without weights, 32 px, 2 epochs, no progress bars."""
+    cfg = RunConfig.from_dict({
+        "data": {"dataset": "scenes", "root": str(root), "image_size": 32, "batch_size": 16},
+        "model": {"backbone": "test_efficientnet", "pretrained": False},
+        "optim": {"lr": 3e-3},
+        "train": {"epochs": 2, "progress": False, "ema_decay": 0.9},
+        "output_dir": str(out),
+    })
+    return cfg.updated(dict(overrides))
+
+
+@pytest.fixture
+def tiny_cfg(scenes_root: Path, tmp_path: Path) -> RunConfig:
+    return tiny_config(scenes_root, tmp_path / "run")

@@ -1,0 +1,213 @@
+"""The training engine: run folder, weights selection, resume after a kill, NaN stop, bad images, frozen mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mlic import metrics
+from mlic.config import RunConfig
+from mlic.data.dataset import ImageDataset, build_transforms
+from mlic.errors import BadImageError, TrainingDivergedError
+from mlic.evaluate import evaluate_checkpoint, load_predictions
+from mlic.io import read_jsonl
+from mlic.losses import LOSSES
+from mlic.train import fit, load_checkpoint
+from mlic.train.optim import parameter_groups
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_folder_is_complete_and_self_describing(tiny_cfg: RunConfig) -> None:
+    result = fit(tiny_cfg)
+    run = result.run_dir
+    assert RunConfig.from_yaml(run / "config.yaml") == tiny_cfg
+    history = read_jsonl(run / "metrics.jsonl")
+    assert [row["epoch"] for row in history] == [0, 1]
+    for row in history:  # the reported weights are the better of raw and EMA on validation
+        assert row["weights"] == max(("raw", "ema"), key=lambda n: row[f"val_mAP_{n}"])
+    final = json.loads((run / "final.json").read_text())
+    assert set(final["metrics"]) == {"val", "test", "test_shift"}
+    assert {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_OF1"} <= set(final["metrics"]["test"])
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["weights"] == final["weights"] == result.weights
+    assert best["class_names"] == final["class_names"] and len(best["class_names"]) == 20
+    assert best["config"] == tiny_cfg.to_dict()
+    preds = load_predictions(run, "test")
+    assert preds["scores"].shape == preds["targets"].shape == (48, 20)
+    assert len(preds["image_ids"]) == 48 and len(set(preds["image_ids"])) == 48
+
+
+def test_reported_metrics_come_from_the_saved_best_weights(tiny_cfg: RunConfig) -> None:
+    result = fit(tiny_cfg)
+    again = evaluate_checkpoint(result.run_dir / "checkpoints" / "best.pt", splits=["test"], device="cpu")
+    for key in ("mAP", "CF1", "OF1"):
+        assert again["test"][key] == pytest.approx(result.metrics["test"][key], abs=1e-4)
+
+
+def test_metrics_equal_a_recomputation_from_saved_predictions(tiny_cfg: RunConfig) -> None:
+    result = fit(tiny_cfg)
+    preds = load_predictions(result.run_dir, "test_shift")
+    recomputed = metrics.evaluate(preds["scores"], preds["targets"])
+    assert recomputed["mAP"] == pytest.approx(result.metrics["test_shift"]["mAP"])
+
+
+def _wait_for_rows(path: Path, rows: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(read_jsonl(path)) >= rows:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with code {proc.returncode}")
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the kill point in time")
+
+
+def test_resume_after_kill_reaches_the_same_final_metrics(scenes_root: Path, tmp_path: Path) -> None:
+    overrides = {"train.epochs": 4}
+    straight = fit(tiny_config(scenes_root, tmp_path / "straight", **overrides))
+
+    killed_cfg = tiny_config(scenes_root, tmp_path / "killed", **overrides)
+    killed_cfg.to_yaml(tmp_path / "killed.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "mlic.cli", "train", "--config", str(tmp_path / "killed.yaml")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_rows(tmp_path / "killed" / "metrics.jsonl", 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "killed" / "final.json").exists()
+    last = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    assert 1 <= last["epoch"] < 3
+    subprocess.run(cmd + ["--resume"], env=env, check=True, capture_output=True, timeout=300)
+
+    resumed = json.loads((tmp_path / "killed" / "final.json").read_text())
+    assert resumed["epochs_run"] == 4
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [0, 1, 2, 3]
+    for split, values in straight.metrics.items():
+        for key in ("mAP", "CF1", "OF1"):
+            assert resumed["metrics"][split][key] == pytest.approx(values[key], abs=1e-3), (split, key)
+
+
+class _NaNOnSecondEpoch(torch.nn.Module):
+    """BCE that turns NaN after a number of calls: a stand-in for a diverging run."""
+
+    def __init__(self, after: int = 6) -> None:
+        super().__init__()
+        self.calls = 0
+        self.after = after
+
+    def forward(self, logits, targets, *, mask=None, index=None):
+        self.calls += 1
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        return loss * float("nan") if self.calls > self.after else loss
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_cfg: RunConfig) -> None:
+    if "nan_after_epoch" not in LOSSES:
+        LOSSES.register("nan_after_epoch")(_NaNOnSecondEpoch)
+    cfg = tiny_cfg.updated({"loss.name": "nan_after_epoch", "loss.kwargs": {"after": 6}, "train.epochs": 3})
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        fit(cfg)  # 96 images / 16 = 6 steps per epoch: the 7th call (epoch 2) is NaN
+    last = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert not (Path(cfg.output_dir) / "final.json").exists()
+
+
+def _copy_with_corrupt_image(root: Path, dest: Path) -> Path:
+    shutil.copytree(root, dest)
+    victim = sorted((dest / "images" / "train").glob("*.png"))[3]
+    victim.write_bytes(b"not a png at all")
+    return victim
+
+
+def test_corrupt_image_is_skipped_counted_and_named(tiny_cfg: RunConfig, scenes_root: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    victim = _copy_with_corrupt_image(scenes_root, tmp_path / "data")
+    cfg = tiny_cfg.updated({"data.root": str(tmp_path / "data"), "train.epochs": 1})
+    result = fit(cfg)
+    assert result.skipped_images == 1
+    final = json.loads((result.run_dir / "final.json").read_text())
+    assert final["skipped_images"] == [str(victim)]
+    assert str(victim) in caplog.text
+
+
+def test_corrupt_image_raises_by_policy(tiny_cfg: RunConfig, scenes_root: Path, tmp_path: Path) -> None:
+    victim = _copy_with_corrupt_image(scenes_root, tmp_path / "data")
+    cfg = tiny_cfg.updated({"data.root": str(tmp_path / "data"), "data.bad_images": "raise", "train.epochs": 1})
+    with pytest.raises(BadImageError, match=victim.name):
+        fit(cfg)
+
+
+def test_frozen_backbone_caches_features_and_trains_only_the_head(tiny_cfg: RunConfig, tmp_path: Path) -> None:
+    cfg = tiny_cfg.updated({"model.freeze_backbone": True, "train.epochs": 3})
+    first = fit(cfg)
+    cache = Path(os.environ["MLIC_CACHE"]) / "features"
+    cached = sorted(cache.glob("*.npy"))
+    assert len(cached) >= 4  # train, val, test, test_shift
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    second = fit(cfg.updated({"output_dir": str(tmp_path / "again")}))
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # reused, not recomputed
+    assert second.metrics["test"]["mAP"] == pytest.approx(first.metrics["test"]["mAP"], abs=1e-6)
+    start = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "best.pt")["state_dict"]
+    from mlic.models import create_model
+
+    torch.manual_seed(cfg.train.seed)  # the engine seeds before building the model: same initial weights
+    fresh = create_model("test_efficientnet", "gap", 20, pretrained=False)
+    backbone_keys = [k for k in start if k.startswith("backbone.") and start[k].is_floating_point()]
+    assert backbone_keys and all(torch.equal(start[k], fresh.state_dict()[k]) for k in backbone_keys)
+    assert not torch.equal(start["head.fc.weight"], fresh.state_dict()["head.fc.weight"])
+
+
+def test_cached_features_equal_the_backbone_output(tiny_cfg: RunConfig) -> None:
+    from mlic.train.engine import Trainer
+
+    trainer = Trainer(tiny_cfg.updated({"model.freeze_backbone": True}))
+    batches = trainer.eval_batches["test"]
+    dcfg = trainer.model.backbone.pretrained_cfg
+    dataset = ImageDataset(batches.table, build_transforms(32, train=False, mean=dcfg["mean"], std=dcfg["std"]))
+    with torch.no_grad():
+        direct = trainer.model.eval().forward_features(torch.stack([dataset[i]["image"] for i in range(4)]))
+    cached = torch.from_numpy(np.asarray(batches.features.features[:4], dtype=np.float32))
+    torch.testing.assert_close(cached, direct, atol=2e-2, rtol=1e-2)  # stored as float16
+
+
+def test_no_weight_decay_on_biases_and_norms() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    decay, no_decay = parameter_groups(model, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                                   id(model[3].bias)}
+
+
+def test_cli_train_help_explains_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "mlic.cli", "train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--data-root", "--backbone", "--freeze-backbone", "--resume", "--set", "--device"):
+        assert flag in out
+
+
+def test_cli_set_overrides_and_print_config(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "mlic.cli", "train", "--epochs", "3", "--set",
+                          "loss.kwargs={gamma_neg: 2}", "--print-config"], capture_output=True, text=True,
+                         check=True).stdout
+    cfg = RunConfig.from_dict(yaml.safe_load(out))
+    assert cfg.train.epochs == 3 and cfg.loss.kwargs == {"gamma_neg": 2}
