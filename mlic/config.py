@@ -81,6 +81,7 @@ class TrainConfig:
 
     epochs: int = 10
     ema_decay: float | None = 0.9997
+    ema_warmup: bool = False
     early_stopping_patience: int | None = None
     selection_metric: str = "mAP"
     device: str = "auto"

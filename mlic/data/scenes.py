@@ -126,9 +126,9 @@ class ScenesKnobs:
     n_test: int = 1000
     n_shift: int = 1000
     context_strength: float = 0.8
-    object_scale: tuple[float, float] = (0.25, 0.45)
-    clutter: float = 1.0
-    noise: float = 0.04
+    object_scale: tuple[float, float] = (0.3, 0.5)
+    clutter: float = 0.5
+    noise: float = 0.03
     max_objects: int = 4
     mean_labels: float = 2.9
     max_overlap: float = 0.3
@@ -202,9 +202,9 @@ def make_scenes(
     n_test: int = 1000,
     n_shift: int = 1000,
     context_strength: float = 0.8,
-    object_scale: tuple[float, float] = (0.25, 0.45),
-    clutter: float = 1.0,
-    noise: float = 0.04,
+    object_scale: tuple[float, float] = (0.3, 0.5),
+    clutter: float = 0.5,
+    noise: float = 0.03,
     max_objects: int = 4,
     mean_labels: float = 2.9,
     max_overlap: float = 0.3,

@@ -189,7 +189,8 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
         self.amp = self.cuda and cfg.train.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-        self.ema = create_ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.ema = (create_ema(self.model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+                    if cfg.train.ema_decay else None)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
         self.bad_epochs = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch import nn
 
 from mlic.config import OptimConfig
@@ -39,26 +40,25 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     return OPTIMIZERS.get(cfg.name)(groups, lr=cfg.lr, weight_decay=0.0)
 
 
-SCHEDULERS: Registry[Callable[..., torch.optim.lr_scheduler.LRScheduler]] = Registry("scheduler")
+SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
 
 
 @SCHEDULERS.register("onecycle")
-def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 1),
                                                pct_start=cfg.pct_start)
 
 
 @SCHEDULERS.register("cosine")
-def _cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
 
 
 @SCHEDULERS.register("constant")
-def _constant(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _constant(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     """The per-iteration schedule named in `cfg` over `total_steps` optimiser steps."""
     return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps)

@@ -1,0 +1,79 @@
+"""Every notebook runs under papermill with tiny parameters; the suite runner survives a failing notebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from mlic.report import load_suite, run_suite
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+# Tiny parameters for each notebook (every notebook must have an entry: a new notebook without one fails here).
+TINY: dict[str, dict] = {
+    "00_quickstart.ipynb": {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32,
+                            "batch_size": 16, "epochs": 1},
+}
+
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+
+
+def test_every_notebook_has_tiny_parameters_and_a_parameters_cell() -> None:
+    found = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert found and sorted(TINY) == found
+    for name in found:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert "parameters" in code[1].metadata.get("tags", []), f"{name}: the parameters cell must follow imports"
+        assert not any(c.get("outputs") for c in code), f"{name}: committed with outputs"
+        assert not any("def " in c.source or "sys.path" in c.source for c in code), f"{name}: logic in notebook"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_notebook_runs_with_tiny_parameters(name: str, scenes_root: Path, tmp_path: Path) -> None:
+    declared = pm.inspect_notebook(str(NOTEBOOKS / name))
+    unknown = set(TINY[name]) - set(declared)
+    assert not unknown, f"tiny parameters not declared by {name}: {unknown}"
+    out = tmp_path / "out"
+    params = {**TINY[name], "data_root": str(scenes_root), "output_dir": str(out)}
+    pm.execute_notebook(str(NOTEBOOKS / name), str(tmp_path / name), parameters=params, kernel_name="python3",
+                        progress_bar=False, cwd=str(tmp_path))
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"], f"{name} recorded no metrics"
+    assert list((out / "figures").glob("*.png")), f"{name} saved no figure"
+
+
+def _write_notebook(path: Path, body: str) -> None:
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    params = new_code_cell("output_dir: str = 'x'\nvalue: int = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [new_markdown_cell("# t"), new_code_cell("import mlic"), params, new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+def test_suite_records_a_failure_keeps_the_other_result_and_skips_on_rerun(tmp_path: Path) -> None:
+    nbs = tmp_path / "notebooks"
+    (nbs / "suites").mkdir(parents=True)
+    _write_notebook(nbs / "good.ipynb", "mlic.report.record(output_dir, metrics={'test': {'mAP': 10.0 * value}})")
+    _write_notebook(nbs / "bad.ipynb", "raise ValueError('deliberate failure')")
+    (nbs / "suites" / "mini.yaml").write_text(
+        "name: mini\nentries:\n  - notebook: bad.ipynb\n  - notebook: good.ipynb\n    grid: {value: [1, 2]}\n")
+    assert [r.name for r in load_suite(nbs / "suites" / "mini.yaml")[1]] == ["bad", "good__value-1", "good__value-2"]
+
+    result = run_suite(nbs / "suites" / "mini.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
+                       progress=False)
+    assert result.failed == ["bad"] and result.succeeded == ["good__value-1", "good__value-2"]
+    status = json.loads((result.suite_dir / "bad" / "status.json").read_text())
+    assert "deliberate failure" in status["error"] and status["cell"] is not None
+    index = (result.suite_dir / "index.md").read_text()
+    assert "## Failures" in index and "deliberate failure" in index and "| 20.00 |" in index
+    assert (result.suite_dir / "index.html").exists() and (result.suite_dir / "timings.json").exists()
+
+    again = run_suite(nbs / "suites" / "mini.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
+                      progress=False)
+    assert again.skipped == ["good__value-1", "good__value-2"] and again.failed == ["bad"]
