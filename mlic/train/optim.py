@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mlic.config import OptimConfig
 from mlic.registry import Registry
