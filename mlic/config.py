@@ -90,7 +90,6 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     resume: bool = False
-    log_every: int = 0
     progress: bool = True
     max_steps_per_epoch: int | None = None
 

@@ -32,6 +32,10 @@ def test_every_notebook_has_tiny_parameters_and_a_parameters_cell() -> None:
         assert "parameters" in code[1].metadata.get("tags", []), f"{name}: the parameters cell must follow imports"
         assert not any(c.get("outputs") for c in code), f"{name}: committed with outputs"
         assert not any("def " in c.source or "sys.path" in c.source for c in code), f"{name}: logic in notebook"
+        assigned = [line.split(":")[0].split("=")[0].strip() for line in code[1].source.splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")]
+        inspected = pm.inspect_notebook(str(NOTEBOOKS / name))
+        assert sorted(inspected) == sorted(assigned), f"{name}: papermill cannot parse some parameter lines"
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -6,6 +6,7 @@ Every loss shares one call, ``loss(logits, targets, *, mask=None, index=None)``,
 
 from mlic.losses.asl import AsymmetricLoss as AsymmetricLoss
 from mlic.losses.bce import BinaryCrossEntropy as BinaryCrossEntropy
+from mlic.losses.distill import DistilledStudentLoss as DistilledStudentLoss
 from mlic.losses.focal import FocalLoss as FocalLoss
 from mlic.losses.registry import LOSSES as LOSSES
 from mlic.losses.registry import REDUCTIONS as REDUCTIONS

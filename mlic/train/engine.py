@@ -162,6 +162,9 @@ class Trainer:
         m = cfg.model
         self.model = create_model(m.backbone, m.head, len(self.class_names), pretrained=m.pretrained,
                                   head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs).to(self.device)
+        bind_head = getattr(self.model.head, "bind_dataset", None)
+        if bind_head is not None:  # graph heads: label graph and label embeddings from the training split
+            bind_head(self.train_table)
         if m.freeze_backbone:
             self.model.backbone.requires_grad_(False)
         self.cuda = self.device.type == "cuda"
