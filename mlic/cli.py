@@ -53,6 +53,10 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of `mlic train`: YAML file, then shortcuts, then `--set` overrides."""
     cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    if args.recipe:
+        from mlic.recipes import apply_recipe
+
+        cfg = apply_recipe(cfg, args.recipe)
     overrides: dict[str, Any] = {}
     for flag, (key, _, _) in _TRAIN_SHORTCUTS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -154,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model from a RunConfig and write the run folder (config.yaml, "
                                    "metrics.jsonl, final.json, predictions/, checkpoints/).")
     p.add_argument("--config", help="YAML file with RunConfig fields (data, model, loss, optim, train)")
+    p.add_argument("--recipe", default=None,
+                   help="a paper's training recipe applied before the options below: asl_paper, aam_paper")
     for flag, (_, kind, text) in _TRAIN_SHORTCUTS.items():
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--no-pretrained", action="store_true", help="random backbone initialisation")

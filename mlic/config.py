@@ -72,7 +72,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     scheduler: str = "onecycle"
     pct_start: float = 0.2
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
     grad_clip: float | None = None
+    sam: bool = False
+    sam_rho: float = 0.05
+    sam_adaptive: bool = False
 
 
 @dataclass
@@ -83,6 +88,8 @@ class TrainConfig:
     ema_decay: float | None = 0.9997
     ema_warmup: bool = False
     early_stopping_patience: int | None = None
+    early_stopping_smoothing: float | None = None
+    threshold_split: str | None = None
     selection_metric: str = "mAP"
     device: str = "auto"
     amp: bool = True
@@ -105,6 +112,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/default"
     name: str = ""
+    recipe: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of literals."""

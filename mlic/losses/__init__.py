@@ -4,6 +4,8 @@ Every loss shares one call, ``loss(logits, targets, *, mask=None, index=None)``,
 (``"mean"`` over counted entries by default); `mlic.losses.registry` documents the contract.
 """
 
+from mlic.losses.aam import AsymmetricAngularMarginLoss as AsymmetricAngularMarginLoss
+from mlic.losses.aam import aam_curves as aam_curves
 from mlic.losses.asl import AsymmetricLoss as AsymmetricLoss
 from mlic.losses.bce import BinaryCrossEntropy as BinaryCrossEntropy
 from mlic.losses.distill import DistilledStudentLoss as DistilledStudentLoss

@@ -36,8 +36,10 @@ from mlic.losses import create_loss
 from mlic.models import backbone_data_config, create_model
 from mlic.models.classifier import MultiLabelClassifier
 from mlic.train.checkpoint import load_checkpoint, save_checkpoint
+from mlic.train.early_stopping import EarlyStopping
 from mlic.train.ema import create_ema
 from mlic.train.optim import build_optimizer, build_scheduler
+from mlic.train.sam import SAM
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,11 @@ class Trainer:
                                             device=self.device, mean=mean, std=std)
         self.train_batches = make(self.train_table, True)
         self.eval_batches = {s: make(t, False) for s, t in self._all_eval_tables().items()}
+        tune_on = cfg.train.threshold_split
+        if tune_on is not None and tune_on not in self.eval_batches:
+            if tune_on != data.train_split:
+                raise ValueError(f"threshold_split {tune_on!r} is neither the training split nor an evaluated split")
+            self.eval_batches[tune_on] = make(self.train_table, False)
 
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.kwargs)
         if hasattr(self.loss_fn, "bind_dataset"):
@@ -192,11 +199,14 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
         self.amp = self.cuda and cfg.train.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        if isinstance(self.optimizer, SAM) and self.scaler.is_enabled():
+            raise ValueError("SAM with fp16 mixed precision is not supported (its two steps do not fit one grad "
+                             "scaler update): use a GPU with bf16 (Ampere or newer), or train.amp=False")
         self.ema = (create_ema(self.model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
                     if cfg.train.ema_decay else None)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
-        self.bad_epochs = 0
+        self.stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_smoothing)
         self.skipped: list[str] = []
 
     def _all_eval_tables(self) -> dict[str, LabelledImages]:
@@ -219,7 +229,7 @@ class Trainer:
             "ema": None if self.ema is None else self.ema.module.state_dict(),
             "loss_state": self.loss_fn.state_dict(),
             "best": dict(self.best),
-            "bad_epochs": self.bad_epochs,
+            "early_stopping": self.stopper.state_dict(),
         })
         save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
 
@@ -233,7 +243,7 @@ class Trainer:
             self.ema.module.load_state_dict(state["ema"])
         self.loss_fn.load_state_dict(state["loss_state"])
         self.best = dict(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])
+        self.stopper.load_state_dict(state["early_stopping"])
         self.start_epoch = int(state["epoch"]) + 1
         history = read_jsonl(self.run_dir / "metrics.jsonl")
         kept = [row for row in history if row["epoch"] < self.start_epoch]
@@ -272,21 +282,37 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return {"train_loss": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def train_step(self, batch: dict[str, Any]) -> float:
-        """Forward, loss, backward, optimiser and schedule step, EMA update; returns the loss value."""
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = _inputs(self.model, batch, self.device, self.channels_last)
-        loss = self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return value
-        self.optimizer.zero_grad(set_to_none=True)
+        return self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
+
+    def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """Forward, loss, backward, optimiser and schedule step, EMA update; returns the loss value.
+
+        With SAM the step takes two forward/backward passes on the batch: one at the weights, one at the
+        perturbed weights whose gradients the base optimiser applies.
+        """
+        loss = self._loss(batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return value
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss)
+        if isinstance(self.optimizer, SAM):
+            self.optimizer.first_step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward(self._loss(batch))
+            self.optimizer.second_step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
@@ -351,18 +377,16 @@ class Trainer:
             row["skipped_images"] = len(self.skipped)
             if row[f"val_{metric}"] > self.best["score"]:
                 self.best = {"score": row[f"val_{metric}"], "epoch": epoch, "weights": chosen}
-                self.bad_epochs = 0
                 save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
                                 self._payload(candidates[chosen].state_dict(), chosen, epoch))
-            else:
-                self.bad_epochs += 1
+            stop = self.stopper.update(row[f"val_{metric}"])
             append_jsonl(self.run_dir / "metrics.jsonl", row)
             self._save_last(epoch)
             log.info("epoch %d: loss %.4f, val %s %.2f (%s)", epoch + 1, row["train_loss"], metric,
                      row[f"val_{metric}"], chosen)
-            patience = cfg.train.early_stopping_patience
-            if patience is not None and self.bad_epochs >= patience:
-                log.info("early stopping after epoch %d: no improvement for %d epochs", epoch + 1, patience)
+            if stop:
+                log.info("early stopping after epoch %d: no improvement for %d epochs", epoch + 1,
+                         self.stopper.bad_epochs)
                 break
         return self.finish()
 
@@ -370,13 +394,18 @@ class Trainer:
         """Evaluate the best weights on every split, save predictions and `final.json`."""
         best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["state_dict"])
+        predictions = {split: self.predict(self.model, split) for split in self.eval_batches}
+        thresholds = None
+        if self.cfg.train.threshold_split is not None:
+            scores, targets, _ = predictions[self.cfg.train.threshold_split]
+            thresholds = metrics.tune_thresholds(scores, targets)
+            atomic_write_json(self.run_dir / "thresholds.json",
+                              {"split": self.cfg.train.threshold_split,
+                               "thresholds": dict(zip(self.class_names, thresholds.tolist()))})
         results: dict[str, dict[str, float]] = {}
-        for split, batches in self.eval_batches.items():
-            scores, targets, idx = self.predict(self.model, split)
-            results[split] = metrics.evaluate(scores, targets, threshold=0.5)
-            results[split].update({f"top3_{k}": v for k, v in metrics.evaluate(scores, targets, top_k=3).items()
-                                   if k != "mAP"})
-            ids = np.asarray([batches.table.image_ids[i] for i in idx])
+        for split, (scores, targets, idx) in predictions.items():
+            results[split] = split_metrics(scores, targets, thresholds)
+            ids = np.asarray([self.eval_batches[split].table.image_ids[i] for i in idx])
             atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
                             image_ids=ids, class_names=np.asarray(self.class_names))
         history = read_jsonl(self.run_dir / "metrics.jsonl")
@@ -388,6 +417,17 @@ class Trainer:
             log.warning("%d unreadable image(s) were skipped; listed in final.json", len(set(self.skipped)))
         return RunResult(self.run_dir, results, int(best["epoch"]), best["weights"], history,
                          len(set(self.skipped)))
+
+
+def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
+    """The reported metrics of one split: at 0.5, top-3 (`top3_*`), and with tuned per-class thresholds
+    (`*_adaptive`, the AAM paper's Table 6) when `thresholds` are given."""
+    result = metrics.evaluate(scores, targets, threshold=0.5)
+    result.update({f"top3_{k}": v for k, v in metrics.evaluate(scores, targets, top_k=3).items() if k != "mAP"})
+    if thresholds is not None:
+        adaptive = metrics.evaluate(scores, targets, thresholds=thresholds)
+        result.update({f"{k}_adaptive": adaptive[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")})
+    return result
 
 
 def _limit(table: LabelledImages, n: int | None) -> LabelledImages:

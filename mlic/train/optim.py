@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from mlic.config import OptimConfig
 from mlic.registry import Registry
+from mlic.train.sam import SAM
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 OPTIMIZERS.register("adam")(torch.optim.Adam)
@@ -33,11 +34,15 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The optimiser named in `cfg` over `module`'s trainable parameters (decay on weights only)."""
+    """The optimiser named in `cfg` over `module`'s trainable parameters (decay on weights only), wrapped in SAM
+    when `cfg.sam` is set."""
     groups = parameter_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters")
-    return OPTIMIZERS.get(cfg.name)(groups, lr=cfg.lr, weight_decay=0.0)
+    base = OPTIMIZERS.get(cfg.name)
+    if cfg.sam:
+        return SAM(groups, base, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive, lr=cfg.lr, weight_decay=0.0)
+    return base(groups, lr=cfg.lr, weight_decay=0.0)
 
 
 SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
@@ -46,7 +51,8 @@ SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
 @SCHEDULERS.register("onecycle")
 def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 1),
-                                               pct_start=cfg.pct_start)
+                                               pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+                                               final_div_factor=cfg.final_div_factor)
 
 
 @SCHEDULERS.register("cosine")
@@ -60,5 +66,9 @@ def _constant(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: i
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
-    """The per-iteration schedule named in `cfg` over `total_steps` optimiser steps."""
-    return SCHEDULERS.get(cfg.scheduler)(optimizer, cfg, total_steps)
+    """The per-iteration schedule named in `cfg` over `total_steps` optimiser steps.
+
+    Under SAM the schedule drives the base optimiser, whose `step` is the one called (the groups are shared).
+    """
+    target = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
+    return SCHEDULERS.get(cfg.scheduler)(target, cfg, total_steps)
