@@ -73,3 +73,15 @@ def load_predictions(run_dir: str | Path, split: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no predictions for split {split!r}: {path} is missing")
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def load_thresholds(run_dir: str | Path) -> tuple[np.ndarray, list[str], str]:
+    """Tuned per-class thresholds of a run (`thresholds.json`): values, class names, and the split tuned on."""
+    import json
+
+    path = Path(run_dir) / "thresholds.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: train with train.threshold_split set")
+    data = json.loads(path.read_text())
+    names = list(data["thresholds"])
+    return np.array([data["thresholds"][n] for n in names]), names, data["split"]

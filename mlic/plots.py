@@ -143,3 +143,416 @@ def split_comparison(metrics_by_split: dict[str, dict[str, float]],
         ax.bar_label(container, fmt="%.1f", fontsize=7)
     ax.set(ylabel="%", xlabel="", title="Metrics per split")
     return fig
+
+
+def query_attention(examples: dict[str, Any], *, top_k: int = 3, title: str = "") -> Figure:
+    """Each image beside the attention maps of its `top_k` highest-scoring classes' queries (ML-Decoder, Query2Label).
+
+    Args:
+        examples: `mlic.compare.attention_examples(...)`: `images` `[n, S, S, 3]`, `attention` `[n, C, h, w]`,
+            `scores` `[n, C]`, `labels` `[n, C]`, `class_names`.
+        top_k: classes shown per image, by score; titles mark true labels ✓ and false ones ✗.
+        title: figure title (e.g. the head's name).
+    """
+    images, attention, scores = examples["images"], examples["attention"], examples["scores"]
+    labels, names = examples["labels"], examples["class_names"]
+    n = len(images)
+    fig, axes = plt.subplots(n, top_k + 1, figsize=(1.9 * (top_k + 1), 2.0 * n), squeeze=False)
+    for row in range(n):
+        size = images[row].shape[:2]
+        axes[row, 0].imshow(images[row])
+        truth = [names[c] for c in np.flatnonzero(labels[row])]
+        axes[row, 0].set_title("truth: " + ", ".join(truth), fontsize=7)
+        for col, c in enumerate(np.argsort(-scores[row])[:top_k], start=1):
+            ax = axes[row, col]
+            ax.imshow(images[row])
+            ax.imshow(attention[row, c], cmap="jet", alpha=0.5, interpolation="bilinear",
+                      extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5))
+            mark = "✓" if labels[row, c] else "✗"
+            ax.set_title(f"{names[c]} {scores[row, c]:.2f} {mark}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_vs_cooccurrence(similarity: np.ndarray, cooccurrence: np.ndarray, class_names: Sequence[str], *,
+                               titles: Sequence[str] = ("classifier cosine similarity", "P(column | row), train")
+                               ) -> Figure:
+    """Two label × label heatmaps side by side (e.g. ML-GCN's learned classifiers vs the training co-occurrence),
+    with the Pearson correlation of their off-diagonal entries in the title."""
+    off = ~np.eye(len(class_names), dtype=bool)
+    sym = 0.5 * (np.asarray(cooccurrence) + np.asarray(cooccurrence).T)
+    r = float(np.corrcoef(np.asarray(similarity)[off], sym[off])[0, 1]) if off.any() else float("nan")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    for ax, matrix, name, cmap in zip(axes, (similarity, cooccurrence), titles, ("vlag", "rocket_r")):
+        sns.heatmap(matrix, ax=ax, cmap=cmap, square=True, xticklabels=class_names, yticklabels=class_names,
+                    center=0 if cmap == "vlag" else None, cbar_kws={"shrink": 0.7})
+        ax.set_title(name)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"off-diagonal correlation r = {r:.2f}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def head_comparison(table: pd.DataFrame, *, splits: Sequence[str] = ("test", "test_shift"),
+                    metric: str = "mAP", cost: str = "latency_ms") -> Figure:
+    """Heads side by side: `metric` per split (bars) and `metric` on the first split against a cost column."""
+    data = pd.DataFrame([{"head": row["head"], "split": split, metric: row[f"{metric}_{split}"]}
+                         for _, row in table.iterrows() for split in splits if f"{metric}_{split}" in row])
+    fig, (ax_bar, ax_cost) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    sns.barplot(data=data, x="head", y=metric, hue="split", ax=ax_bar)
+    for container in ax_bar.containers:
+        ax_bar.bar_label(container, fmt="%.1f", fontsize=7)
+    ax_bar.tick_params(axis="x", rotation=20)
+    ax_bar.set(xlabel="", ylabel=f"{metric} (%)", title=f"{metric} per head")
+    first = f"{metric}_{splits[0]}"
+    if cost in table and first in table:
+        ax_cost.scatter(table[cost], table[first])
+        for _, row in table.iterrows():
+            ax_cost.annotate(row["head"], (row[cost], row[first]), fontsize=7, xytext=(3, 3),
+                             textcoords="offset points")
+        ax_cost.set(xlabel=cost, ylabel=f"{first} (%)", title=f"{metric} vs {cost}")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Label graphs and CPSD (notebooks 01_label_graph and 04_cpsd)
+# ---------------------------------------------------------------------------------------------------------------------
+def _part_colours(n: int) -> list[Any]:
+    return sns.color_palette("tab10" if n <= 10 else "tab20", n)
+
+
+def clustered_heatmap(matrix: np.ndarray, class_names: Sequence[str], *, title: str = "", cmap: str = "viridis",
+                      groups: Sequence[Sequence[int]] | None = None, order_by: np.ndarray | None = None,
+                      annot: bool = False, fmt: str = ".0f", vmin: float | None = None,
+                      vmax: float | None = None) -> Figure:
+    """A label × label matrix (co-occurrence counts, conditional probabilities, affinities) with rows and columns
+    reordered by hierarchical clustering (seaborn `clustermap`, average linkage).
+
+    Args:
+        matrix: the `C×C` values shown.
+        class_names: the labels.
+        title, cmap, annot, fmt, vmin, vmax: drawing options.
+        groups: label groups (e.g. Scenes' planted groups), shown as a colour strip beside rows and columns, so one
+            sees whether the clustering found them.
+        order_by: a symmetric affinity (e.g. CPSD's co-occurrence affinity) whose average-linkage tree on the
+            distance `1 − affinity / max` orders both axes, so several matrices share one order; by default the
+            rows of `matrix` are clustered as feature vectors.
+    """
+    import warnings
+
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    frame = pd.DataFrame(np.asarray(matrix, dtype=float), index=list(class_names), columns=list(class_names))
+    colours = None
+    if groups is not None:
+        palette = _part_colours(len(groups))
+        colour_of = {int(i): palette[g] for g, members in enumerate(groups) for i in members}
+        colours = pd.Series([colour_of.get(i, (1.0, 1.0, 1.0)) for i in range(len(class_names))],
+                            index=frame.index, name="group")
+    tree = None
+    if order_by is not None:
+        affinity = np.asarray(order_by, dtype=float)
+        distance = 1.0 - affinity / max(float(affinity.max()), 1e-12)
+        np.fill_diagonal(distance, 0.0)
+        tree = linkage(squareform(np.clip((distance + distance.T) / 2, 0, None), checks=False), method="average")
+    size = max(6.0, 0.32 * len(class_names) + 2)
+    with warnings.catch_warnings():  # rows are clustered as feature vectors, not read as a distance matrix
+        warnings.filterwarnings("ignore", message=".*uncondensed distance matrix")
+        grid = sns.clustermap(frame, method="average", cmap=cmap, row_colors=colours, col_colors=colours,
+                              row_linkage=tree, col_linkage=tree, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax,
+                              figsize=(size, size), dendrogram_ratio=0.12, cbar_pos=(0.02, 0.83, 0.03, 0.12),
+                              annot_kws={"fontsize": 6})
+    grid.ax_heatmap.set(xlabel="", ylabel="")
+    grid.figure.suptitle(title, y=1.01)
+    return grid.figure
+
+
+def label_graph(P: np.ndarray, class_names: Sequence[str], assign: np.ndarray | None = None, *,
+                edges_per_label: int = 3, seed: int = 0, title: str = "Label co-occurrence graph") -> Figure:
+    """The label graph drawn with networkx: edge widths by affinity, nodes coloured by part.
+
+    Only each label's `edges_per_label` strongest edges are drawn (the full graph of CPSD affinities is complete);
+    the spring layout uses the affinities as weights, so strongly co-occurring labels sit together.
+    """
+    import networkx as nx
+
+    P = np.asarray(P, dtype=float)
+    C = len(P)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(C))
+    for i in range(C):
+        row = P[i].copy()
+        row[i] = -np.inf
+        for j in np.argsort(-row, kind="stable")[:edges_per_label]:
+            if P[i, j] > 0:
+                graph.add_edge(i, int(j), weight=float(P[i, j]))
+    pos = nx.spring_layout(graph, weight="weight", seed=seed)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    weights = np.array([d["weight"] for _, _, d in graph.edges(data=True)])
+    widths = 0.5 + 5.0 * weights / weights.max() if len(weights) else []
+    nx.draw_networkx_edges(graph, pos, width=widths, alpha=0.45, edge_color="grey", ax=ax)
+    parts = np.zeros(C, dtype=int) if assign is None else np.asarray(assign, dtype=int)
+    palette = _part_colours(int(parts.max()) + 1)
+    nx.draw_networkx_nodes(graph, pos, node_color=[palette[p] for p in parts], node_size=520, ax=ax,
+                           edgecolors="white")
+    nx.draw_networkx_labels(graph, pos, labels={i: class_names[i] for i in range(C)}, font_size=7, ax=ax)
+    if assign is not None:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[p], label=f"part {p}")
+                   for p in range(len(palette))]
+        ax.legend(handles=handles, fontsize=7, loc="best", frameon=True)
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+def eigenvalue_spectrum(eigenvalues: dict[str, np.ndarray], *, k_max: int = 12,
+                        title: str = "Normalised Laplacian spectrum") -> Figure:
+    """The smallest `k_max` eigenvalues of each graph's normalised Laplacian, with the eigengap marked.
+
+    The largest jump λ_(k+1) − λ_k (k ≥ 2) suggests k parts; near-zero eigenvalues count nearly separate groups.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    palette = sns.color_palette("deep", len(eigenvalues))
+    for colour, (name, values) in zip(palette, eigenvalues.items()):
+        values = np.sort(np.asarray(values, dtype=float))[:k_max + 1]
+        ks = np.arange(1, len(values) + 1)
+        label = name
+        if len(values) > 2:
+            gaps = np.diff(values)[1:]
+            k = int(np.argmax(gaps)) + 2
+            ax.annotate("", xy=(k + 0.5, values[k]), xytext=(k + 0.5, values[k - 1]),
+                        arrowprops={"arrowstyle": "<->", "color": colour})
+            label = f"{name} (eigengap after k = {k})"
+        ax.plot(ks, values, marker="o", color=colour, label=label)
+    ax.set(xlabel="index (ascending)", ylabel="eigenvalue", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def partition_grid(partitions: dict[str, dict[int, np.ndarray]], class_names: Sequence[str], *,
+                   groups: Sequence[Sequence[int]] | None = None) -> Figure:
+    """Partitions side by side: one panel per strategy, one row per k, one column per label, colour = part.
+
+    Labels are ordered by planted group when `groups` is given (a top row shows the groups), so a partition that
+    follows the groups shows as solid blocks (CGP) and one that mixes them as stripes (DGP).
+    """
+    from matplotlib.colors import ListedColormap
+
+    C = len(class_names)
+    order = np.arange(C)
+    if groups is not None:
+        truth = np.full(C, len(groups), dtype=int)
+        for g, members in enumerate(groups):
+            truth[np.asarray(members, dtype=int)] = g
+        order = np.argsort(truth, kind="stable")
+    n_parts = max(int(np.max(a)) + 1 for by_k in partitions.values() for a in by_k.values())
+    n_colours = max(n_parts, len(groups) if groups is not None else 0)
+    cmap = ListedColormap(_part_colours(n_colours))
+    fig, axes = plt.subplots(1, len(partitions), figsize=(max(5.0, 0.3 * C + 1.5) * len(partitions), 3.6),
+                             squeeze=False)
+    for ax, (strategy, by_k) in zip(axes[0], partitions.items()):
+        ks = sorted(by_k)
+        rows = [np.asarray(by_k[k])[order] for k in ks]
+        names = [f"k={k}" for k in ks]
+        if groups is not None:
+            rows = [truth[order]] + rows
+            names = ["planted"] + names
+        ax.imshow(np.vstack(rows), cmap=cmap, vmin=-0.5, vmax=n_colours - 0.5, aspect="auto",
+                  interpolation="nearest")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xticks(range(C), [class_names[i] for i in order], rotation=75, fontsize=7)
+        if groups is not None:
+            ax.axhline(0.5, color="white", linewidth=3)
+        ax.grid(False)
+        ax.set_title(strategy.upper())
+    fig.suptitle("Label partitions (colour = part)")
+    fig.tight_layout()
+    return fig
+
+
+def ari_per_k(frame: pd.DataFrame, *, y: str = "ari", title: str = "Recovered parts vs planted groups") -> Figure:
+    """Adjusted Rand index of each strategy's partition against the planted groups, per k (`partition_sweep`).
+
+    A data set without planted groups has no `y` column: the figure then says so instead of failing.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    if y not in frame:
+        ax.text(0.5, 0.5, "no planted groups in this data set", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title, xticks=[], yticks=[])
+        return fig
+    sns.lineplot(data=frame, x="k", y=y, hue="strategy", marker="o", ax=ax)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="k (parts)", ylabel="adjusted Rand index" if y == "ari" else y, title=title)
+    ax.set_xticks(sorted(frame["k"].unique()))
+    return fig
+
+
+def _metric_long(frame: pd.DataFrame, metric: str, splits: Sequence[str]) -> pd.DataFrame:
+    keep = [c for c in ("variant", "k", "seed") if c in frame]
+    long = frame.melt(id_vars=keep, value_vars=[f"{s}_{metric}" for s in splits], var_name="split", value_name=metric)
+    long["split"] = long["split"].str.removesuffix(f"_{metric}")
+    return long
+
+
+def ablation_bars(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
+                  title: str = "CPSD ablation (Table 3)") -> Figure:
+    """Mean ± std over seeds of each variant, one panel per split, seeds as dots; rows of `run_ablation`."""
+    long = _metric_long(frame, metric, splits)
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        data = long[long.split == split]
+        sns.barplot(data=data, x="variant", y=metric, errorbar="sd", ax=ax, color=sns.color_palette("deep")[0],
+                    alpha=0.75, capsize=0.15)
+        sns.stripplot(data=data, x="variant", y=metric, ax=ax, color="black", size=3.5, jitter=0.15)
+        means = data.groupby("variant", sort=False)[metric].mean()
+        for i, value in enumerate(means):
+            ax.text(i, value, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+        low, high = data[metric].min(), data[metric].max()
+        pad = max(1.0, 0.25 * (high - low))
+        ax.set_ylim(low - 3 * pad, high + pad)
+        ax.set(title=split, xlabel="", ylabel=f"{metric} (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def k_sweep(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
+            baseline: dict[str, float] | None = None, sd: dict[str, float] | None = None,
+            title: str = "Partition distillation vs k (Figure 3)") -> Figure:
+    """Each distillation variant's metric against k, mean over seeds (rows of `run_k_sweep`).
+
+    As in the paper's Figure 3, k = 0 is the baseline and k = 1 self-distillation (one full-label teacher): given
+    `baseline` / `sd` (split → value), every line starts from those two points.
+    """
+    long = _metric_long(frame, metric, splits)
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        data = long[long.split == split].groupby(["variant", "k"], sort=False)[metric].mean().reset_index()
+        anchors = [(0, baseline), (1, sd)]
+        for colour, (variant, rows) in zip(sns.color_palette("deep"), data.groupby("variant", sort=False)):
+            xs = [k for k, ref in anchors if ref is not None] + rows["k"].tolist()
+            ys = [ref[split] for _, ref in anchors if ref is not None] + rows[metric].tolist()
+            ax.plot(xs, ys, marker="o", color=colour, label=variant.upper())
+        ax.set_xticks(sorted({0, 1} | set(data["k"].astype(int))) if baseline or sd else sorted(data["k"]))
+        ax.set(title=split, xlabel="k (0: baseline, 1: SD)" if baseline or sd else "k", ylabel=f"{metric} (%)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def label_gain(frame: pd.DataFrame, *, x: str = "strength", y: str = "gain",
+               title: str = "Per-label gain vs co-occurrence strength") -> Figure:
+    """Per-label AP gain of a variant over the baseline against the label's co-occurrence strength, per split, with
+    a least-squares line per split (rows of `mlic.cpsd.per_label_gain`)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    palette = sns.color_palette("deep")
+    for colour, (split, rows) in zip(palette, frame.groupby("split", sort=False)):
+        ax.scatter(rows[x], rows[y], color=colour, label=split, s=22)
+        for _, row in rows.iterrows():
+            ax.annotate(str(row["label"]), (row[x], row[y]), fontsize=6, color=colour, xytext=(2, 2),
+                        textcoords="offset points")
+        finite = rows[[x, y]].dropna()
+        if len(finite) > 1 and finite[x].nunique() > 1:
+            slope, intercept = np.polyfit(finite[x], finite[y], 1)
+            xs = np.linspace(finite[x].min(), finite[x].max(), 20)
+            ax.plot(xs, slope * xs + intercept, color=colour, linewidth=1, linestyle="--")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="co-occurrence strength (max_j P(j | label))" if x == "strength" else x,
+           ylabel="AP gain (points)" if y == "gain" else y, title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def training_cost(costs: pd.DataFrame, *, title: str = "Training cost per variant") -> Figure:
+    """Stacked bars of teacher and student seconds per variant, the number of teachers written beside them (rows of
+    `mlic.cpsd.variant_costs`)."""
+    fig, ax = plt.subplots(figsize=(6.0, 0.5 * len(costs) + 1.5))
+    y = np.arange(len(costs))
+    palette = sns.color_palette("deep")
+    ax.barh(y, costs["teacher_seconds"], color=palette[1], label="teachers")
+    ax.barh(y, costs["student_seconds"], left=costs["teacher_seconds"], color=palette[0], label="student")
+    for i, row in costs.reset_index(drop=True).iterrows():
+        ax.text(row["teacher_seconds"] + row["student_seconds"], i, f"  {int(row['teachers'])} teachers",
+                va="center", fontsize=8)
+    ax.set_yticks(y, costs["variant"])
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (wall, mean over seeds)", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def aam_parts(panels: dict[str, list[dict[str, float]]], *, base: dict[str, float] | None = None) -> Figure:
+    """The AAM paper's Figure 2: positive and negative parts of the loss over cosθ, one panel per varied
+    hyperparameter (`panels`: title → list of settings that override `base`)."""
+    from mlic.losses.aam import aam_curves
+
+    base = {"s": 23.0, "m": 0.0, "k": 0.7, "gamma_pos": 0.0, "gamma_neg": 0.0, **(base or {})}
+    cos = np.linspace(-1, 1, 201)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, settings) in zip(axes[0], panels.items()):
+        for setting, colour in zip(settings, sns.color_palette(n_colors=len(settings))):
+            curves = aam_curves(cos, **{**base, **setting})
+            label = ", ".join(f"{k}={v:g}" for k, v in setting.items())
+            ax.plot(cos, curves["positive"], color=colour, label=label)
+            ax.plot(cos, curves["negative"], color=colour, linestyle="--")
+        ax.set(title=title, xlabel="cos θ", ylabel="loss (solid: positive, dashed: negative)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curves_by_run(runs: dict[str, list[dict[str, Any]]], *, column: str = "val_mAP") -> Figure:
+    """Training loss and a validation column per epoch for several runs side by side."""
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, history in runs.items():
+        frame = pd.DataFrame(history)
+        ax_loss.plot(frame["epoch"] + 1, frame["train_loss"], marker=".", label=name)
+        ax_val.plot(frame["epoch"] + 1, frame[column], marker=".", label=name)
+    ax_loss.set(title="Training loss", xlabel="epoch", yscale="log")
+    ax_val.set(title=column.replace("_", " "), xlabel="epoch")
+    ax_val.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_lines(table: pd.DataFrame, x: str, ys: Sequence[str], *, title: str = "") -> Figure:
+    """Metrics against one swept parameter, the best value of each marked (the AAM paper's Figures 3 and 4)."""
+    frame = table.sort_values(x)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for y in ys:
+        ax.plot(frame[x], frame[y], marker="o", label=y)
+        best = frame.loc[frame[y].idxmax()]
+        ax.scatter([best[x]], [best[y]], s=140, facecolors="none", edgecolors="black", zorder=3)
+        ax.annotate(f"best {x}={best[x]:g}", (best[x], best[y]), textcoords="offset points", xytext=(5, 6),
+                    fontsize=7)
+    ax.set(xlabel=x, ylabel="%", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def grid_heatmap(table: pd.DataFrame, rows: str, columns: str, value: str, *, title: str = "") -> Figure:
+    """A metric over a two-parameter grid (the AAM paper's Table 8 for γ− × γ+) as an annotated heatmap."""
+    pivot = table.pivot_table(index=rows, columns=columns, values=value)
+    fig, ax = plt.subplots(figsize=(1.2 * pivot.shape[1] + 2.5, 0.8 * pivot.shape[0] + 1.8))
+    sns.heatmap(pivot, annot=True, fmt=".1f", cmap="viridis", ax=ax, cbar_kws={"label": value})
+    ax.set_title(title or value)
+    return fig
+
+
+def class_thresholds(thresholds: np.ndarray, class_names: Sequence[str], *, default: float = 0.5) -> Figure:
+    """Tuned per-class thresholds against the default one."""
+    order = np.argsort(thresholds)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(order)), 3.2))
+    ax.bar([class_names[i] for i in order], np.asarray(thresholds)[order], color="tab:blue")
+    ax.axhline(default, color="black", linestyle="--", label=f"default {default}")
+    ax.tick_params(axis="x", rotation=70)
+    ax.set(ylabel="threshold", title="Per-class thresholds maximising F1")
+    ax.legend()
+    return fig

@@ -156,6 +156,8 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
         run_dir.mkdir(parents=True, exist_ok=True)
         params = {**run.parameters, **(overrides or {}), "output_dir": str(run_dir.resolve())}
         source = notebooks / run.notebook
+        if source.exists() and "suite_dir" in pm.inspect_notebook(str(source)):
+            params["suite_dir"] = str(suite_dir.resolve())  # notebooks that summarise the suite's other runs
         started = time.perf_counter()
         status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
         try:
@@ -178,14 +180,22 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     return SuiteResult(suite_dir, done, failed, skipped)
 
 
-def collect(suite_dir: str | Path) -> pd.DataFrame:
-    """One row per run: its status, parameters, seconds and flattened headline metrics."""
+_UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress"}
+
+
+def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame:
+    """One row per run (optionally only runs whose name starts with `prefix`): status, seconds, the notebook's
+    parameters as `param/<name>`, the seed and the recorded metrics flattened as `<split>/<metric>`."""
     rows = []
     for status_file in sorted(Path(suite_dir).glob(f"*/{STATUS_FILE}")):
         run_dir = status_file.parent
+        if prefix is not None and not run_dir.name.startswith(prefix):
+            continue
         status = json.loads(status_file.read_text())
         row: dict[str, Any] = {"run": run_dir.name, "notebook": status.get("notebook"),
                                "status": status.get("status"), "seconds": status.get("seconds")}
+        row.update({f"param/{k}": v for k, v in (status.get("parameters") or {}).items()
+                    if k not in _UNLISTED_PARAMETERS and isinstance(v, (int, float, str, bool))})
         results_file = run_dir / RESULTS_FILE
         if results_file.exists():
             results = json.loads(results_file.read_text())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill as pm
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -15,10 +16,14 @@ from mlic.report import load_suite, run_suite
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 # Tiny parameters for each notebook (every notebook must have an entry: a new notebook without one fails here).
+_TINY_MODEL = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32, "batch_size": 16}
 TINY: dict[str, dict] = {
-    "00_quickstart.ipynb": {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32,
-                            "batch_size": 16, "epochs": 1},
+    "00_quickstart.ipynb": {**_TINY_MODEL, "epochs": 1},
+    "03_aam.ipynb": {**_TINY_MODEL, "epochs": 2},
+    "03b_aam_sweeps.ipynb": {},  # summarises a suite: run by test_aam_sweeps_summarise_a_suite_of_grid_runs
+    "08_thresholds.ipynb": {**_TINY_MODEL, "epochs": 2},
 }
+SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -38,7 +43,7 @@ def test_every_notebook_has_tiny_parameters_and_a_parameters_cell() -> None:
         assert sorted(inspected) == sorted(assigned), f"{name}: papermill cannot parse some parameter lines"
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(set(TINY) - SUITE_SUMMARIES))
 def test_notebook_runs_with_tiny_parameters(name: str, scenes_root: Path, tmp_path: Path) -> None:
     declared = pm.inspect_notebook(str(NOTEBOOKS / name))
     unknown = set(TINY[name]) - set(declared)
@@ -81,3 +86,22 @@ def test_suite_records_a_failure_keeps_the_other_result_and_skips_on_rerun(tmp_p
     again = run_suite(nbs / "suites" / "mini.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
                       progress=False)
     assert again.skipped == ["good__value-1", "good__value-2"] and again.failed == ["bad"]
+
+
+def test_aam_sweeps_summarise_a_suite_of_grid_runs(scenes_root: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "aam.yaml"
+    tiny = {**TINY["03_aam.ipynb"], "epochs": 1, "losses": ["aam"], "data_root": str(scenes_root)}
+    suite.write_text(json.dumps({"name": "aam_tiny", "defaults": tiny, "entries": [
+        {"notebook": "03_aam.ipynb", "name": "aam_s", "grid": {"s": [5.0, 20.0]}},
+        {"notebook": "03_aam.ipynb", "name": "aam_m", "grid": {"m": [0.0, 0.2]}},
+        {"notebook": "03_aam.ipynb", "name": "aam_gamma", "grid": {"gamma_neg": [0.0, 2.0], "gamma_pos": [0.0]}},
+        {"notebook": "03b_aam_sweeps.ipynb", "name": "aam_sweeps", "parameters": {}},
+    ]}))
+    result = run_suite(suite, reports_dir=tmp_path / "reports", notebooks_dir=NOTEBOOKS, progress=False)
+    assert not result.failed, result.failed
+    summary = json.loads((result.suite_dir / "aam_sweeps" / "results.json").read_text())
+    s_runs = pd.read_csv(result.suite_dir / "aam_sweeps" / "tables" / "aam_s.csv")
+    assert sorted(s_runs["param/s"]) == [5.0, 20.0]
+    assert summary["metrics"]["aam_s"]["best"] == pytest.approx(s_runs["test/mAP"].max())
+    for figure in ("sweep_s", "sweep_m", "gamma_grid"):
+        assert (result.suite_dir / "aam_sweeps" / "figures" / f"{figure}.png").exists()

@@ -1,0 +1,74 @@
+"""Loops that comparison notebooks need, kept in the package (and tested) rather than in notebooks.
+
+`run_variants(base_cfg, variants)` trains one run per variant (a dict of dotted config overrides) in
+`output_dir/<name>` and returns one row per variant with its metrics on every evaluated split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlic.config import RunConfig
+from mlic.io import read_jsonl
+from mlic.train.engine import fit
+
+log = logging.getLogger(__name__)
+
+REPORTED = ("mAP", "CF1", "OF1", "CF1_adaptive", "OF1_adaptive")
+
+
+def run_variants(base_cfg: RunConfig, variants: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Train `base_cfg` once per variant with that variant's overrides; one row per variant.
+
+    Columns: `variant`, `<metric>_<split>` for each reported metric present, `best_epoch`, `weights`,
+    `epochs_run`, `train_seconds` and `run_dir`.
+    """
+    rows = []
+    for name, overrides in variants.items():
+        cfg = base_cfg.updated({**overrides, "output_dir": str(Path(base_cfg.output_dir) / name), "name": name})
+        log.info("training variant %s", name)
+        started = time.perf_counter()
+        result = fit(cfg)
+        row: dict[str, Any] = {"variant": name}
+        for split, values in result.metrics.items():
+            row.update({f"{key}_{split}": values[key] for key in REPORTED if key in values})
+        row.update({"best_epoch": result.best_epoch, "weights": result.weights, "epochs_run": len(result.history),
+                    "train_seconds": time.perf_counter() - started, "run_dir": str(result.run_dir)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def histories(table: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """The per-epoch rows (`metrics.jsonl`) of each run of a `run_variants` table, by variant name."""
+    return {row.variant: read_jsonl(Path(row.run_dir) / "metrics.jsonl") for row in table.itertuples()}
+
+
+def loss_variants(names: list[str], *, s: float, m: float, k: float, gamma_neg: float,
+                  gamma_pos: float) -> dict[str, dict[str, Any]]:
+    """Overrides for the AAM paper's loss comparison: `asl` (ASL on a linear classifier, the ASL paper's γ), `am`
+    (angular margin without focusing, γ = 0) and `aam` (with the given γ), the last two on a cosine classifier."""
+    angular = {"s": s, "m": m, "k": k}
+    table = {
+        "asl": {"loss.name": "asl", "loss.kwargs": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05},
+                "model.head_kwargs": {}},
+        "am": {"loss.name": "aam", "loss.kwargs": {**angular, "gamma_neg": 0.0, "gamma_pos": 0.0},
+               "model.head_kwargs": {"cosine": True, "scale": s}},
+        "aam": {"loss.name": "aam", "loss.kwargs": {**angular, "gamma_neg": gamma_neg, "gamma_pos": gamma_pos},
+                "model.head_kwargs": {"cosine": True, "scale": s}},
+    }
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"unknown loss variant(s) {unknown}; choose from {sorted(table)}")
+    return {name.upper(): table[name] for name in names}
+
+
+def headline(table: pd.DataFrame, variant: str, splits: list[str], keys: tuple[str, ...] = REPORTED
+             ) -> dict[str, dict[str, float]]:
+    """`{split: {metric: value}}` of one variant's row, for `mlic.report.record`."""
+    row = table.set_index("variant").loc[variant]
+    return {split: {key: float(row[f"{key}_{split}"]) for key in keys if f"{key}_{split}" in row} for split in splits}
