@@ -51,10 +51,11 @@ def histories(table: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
 def loss_variants(names: list[str], *, s: float, m: float, k: float, gamma_neg: float,
                   gamma_pos: float) -> dict[str, dict[str, Any]]:
     """Overrides for the AAM paper's loss comparison: `asl` (ASL on a linear classifier, the ASL paper's γ), `am`
-    (angular margin without focusing, γ = 0) and `aam` (with the given γ), the last two on a cosine classifier."""
-    angular = {"s": s, "m": m, "k": k}
+    (angular margin without focusing, γ = 0) and `aam` (with the given γ), the last two on a cosine classifier.
+    All three are summed over batch and classes, as the references and the recipe's learning rate assume."""
+    angular = {"s": s, "m": m, "k": k, "reduction": "sum"}
     table = {
-        "asl": {"loss.name": "asl", "loss.kwargs": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05},
+        "asl": {"loss.name": "asl", "loss.kwargs": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05, "reduction": "sum"},
                 "model.head_kwargs": {}},
         "am": {"loss.name": "aam", "loss.kwargs": {**angular, "gamma_neg": 0.0, "gamma_pos": 0.0},
                "model.head_kwargs": {"cosine": True, "scale": s}},

@@ -17,11 +17,12 @@ RECIPES: Registry[dict[str, Any]] = Registry("recipe")
 @RECIPES.register("asl_paper")
 def _asl_paper() -> dict[str, Any]:
     """ASL `train.py` (Ridnik et al. 2021): Adam lr 1e-4, true weight decay 1e-4, OneCycle (pct 0.2), EMA 0.9997,
-    ASL γ− = 4, γ+ = 0, clip 0.05, squish resize + Cutout ½ + RandAugment, [0, 1] pixels without normalisation."""
+    ASL γ− = 4, γ+ = 0, clip 0.05 summed over batch and classes (the learning rate is tuned for that sum), squish
+    resize + Cutout ½ + RandAugment, [0, 1] pixels without normalisation."""
     return {
         "optim.name": "adam", "optim.lr": 1e-4, "optim.weight_decay": 1e-4, "optim.scheduler": "onecycle",
         "optim.pct_start": 0.2, "train.ema_decay": 0.9997,
-        "loss.name": "asl", "loss.kwargs": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05},
+        "loss.name": "asl", "loss.kwargs": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05, "reduction": "sum"},
         "data.randaugment": True, "data.cutout": 0.5, "data.normalize": False,
     }
 
@@ -31,7 +32,8 @@ def _aam_paper() -> dict[str, Any]:
     """The AAM paper's §3.5 strategy (Prokofiev & Sovrasov 2022; deep-object-reid configs for COCO): SAM (ρ 0.05)
     over SGD, no bias decay, lr 0.007, weight decay 5e-4, OneCycle (pct 0.2, div 100, final div 1000), EMA 0.9997,
     early stopping with patience 5 against the smoothed bests (α 0.8), RandAugment + Cutout, the AAM loss
-    (s 23, m 0, k 0.7, γ− 1, γ+ 0) on a cosine classifier, per-class thresholds tuned on the training split.
+    (s 23, m 0, k 0.7, γ− 1, γ+ 0; summed over batch and classes, as the reference, which the learning rate assumes)
+    on a cosine classifier, per-class thresholds tuned on the training split.
     Cutout uses factor 0.4 as the configs (which apply it with probability 0.5; here always)."""
     return {
         "optim.name": "sgd", "optim.sam": True, "optim.sam_rho": 0.05, "optim.lr": 0.007,
@@ -40,7 +42,8 @@ def _aam_paper() -> dict[str, Any]:
         "train.ema_decay": 0.9997, "train.early_stopping_patience": 5, "train.early_stopping_smoothing": 0.8,
         "train.threshold_split": "train",
         "data.randaugment": True, "data.cutout": 0.4,
-        "loss.name": "aam", "loss.kwargs": {"s": 23.0, "m": 0.0, "k": 0.7, "gamma_neg": 1.0, "gamma_pos": 0.0},
+        "loss.name": "aam",
+        "loss.kwargs": {"s": 23.0, "m": 0.0, "k": 0.7, "gamma_neg": 1.0, "gamma_pos": 0.0, "reduction": "sum"},
         "model.head_kwargs": {"cosine": True, "scale": 23.0},
     }
 

@@ -86,6 +86,16 @@ def test_recipes_are_listed_and_applied_under_overrides() -> None:
     cfg = apply_recipe(RunConfig(), "aam_paper").updated({"optim.lr": 0.01})
     assert cfg.recipe == "aam_paper" and cfg.optim.sam and cfg.loss.name == "aam" and cfg.optim.lr == 0.01
     assert cfg.model.head_kwargs == {"cosine": True, "scale": 23.0} and cfg.train.early_stopping_patience == 5
+    assert cfg.loss.kwargs["reduction"] == "sum"  # the paper's lr assumes the reference's summed loss
+
+
+def test_cosine_classifier_starts_with_unit_class_vectors_and_bounded_logits() -> None:
+    from mlic.models.heads.cosine import CosineLinear
+
+    head = CosineLinear(64, 5, scale=23.0)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(5))
+    logits = head(torch.randn(8, 64) * 100)
+    assert logits.abs().max() <= 23.0 + 1e-5
 
 
 @pytest.mark.slow

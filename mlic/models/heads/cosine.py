@@ -2,7 +2,7 @@
 
 Metric-learning heads (the AAM paper, seed 002) normalise both the feature and each class weight; the AAM loss then
 reads cosθ = logit / scale. Weight initialisation follows deep-object-reid's `AngleSimpleLinear` (normal, each
-class column renormalised). No bias: a bias would move logits off the cosine range.
+class vector renormalised to unit length). No bias: a bias would move logits off the cosine range.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class CosineLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, scale: float = 1.0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        # unit-norm class vectors, as the reference's renorm: the weights' scale sets SGD's effective step size
+        self.weight = nn.Parameter(F.normalize(torch.randn(out_features, in_features), dim=1))
         self.scale = float(scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
