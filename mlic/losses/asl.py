@@ -87,17 +87,7 @@ class AsymmetricLoss(MultiLabelLoss):
     def forward(
         self, logits: Tensor, targets: Tensor, *, mask: Tensor | None = None, index: Tensor | None = None
     ) -> Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: Raw scores, ``[B, C]``.
-            targets: Labels in {0, 1}, ``[B, C]``.
-            mask: Optional entries that count, broadcastable to ``[B, C]``.
-            index: Sample indices, ``[B]``; unused.
-
-        Returns:
-            A scalar, or ``[B, C]`` for ``reduction="none"``.
-        """
+        """The loss of `logits` against `targets` (the shared contract: `MultiLabelLoss`)."""
         x, y = prepare_inputs(logits, targets, mask)
         log_eps = math.log(self.eps) if self.eps > 0 else -math.inf
         # log(max(p, eps)) == max(log p, log eps), with log p taken as logsigmoid(x).

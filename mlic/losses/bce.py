@@ -52,17 +52,7 @@ class BinaryCrossEntropy(MultiLabelLoss):
     def forward(
         self, logits: Tensor, targets: Tensor, *, mask: Tensor | None = None, index: Tensor | None = None
     ) -> Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: Raw scores, ``[B, C]``.
-            targets: Labels in {0, 1}, ``[B, C]``.
-            mask: Optional entries that count, broadcastable to ``[B, C]``.
-            index: Sample indices, ``[B]``; unused.
-
-        Returns:
-            A scalar, or ``[B, C]`` for ``reduction="none"``.
-        """
+        """The loss of `logits` against `targets` (the shared contract: `MultiLabelLoss`)."""
         x, y = prepare_inputs(logits, targets, mask)
         if self.smoothing > 0:
             y = y * (1.0 - self.smoothing) + 0.5 * self.smoothing

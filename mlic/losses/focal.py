@@ -61,17 +61,7 @@ class FocalLoss(MultiLabelLoss):
     def forward(
         self, logits: Tensor, targets: Tensor, *, mask: Tensor | None = None, index: Tensor | None = None
     ) -> Tensor:
-        """Compute the loss.
-
-        Args:
-            logits: Raw scores, ``[B, C]``.
-            targets: Labels in {0, 1}, ``[B, C]``.
-            mask: Optional entries that count, broadcastable to ``[B, C]``.
-            index: Sample indices, ``[B]``; unused.
-
-        Returns:
-            A scalar, or ``[B, C]`` for ``reduction="none"``.
-        """
+        """The loss of `logits` against `targets` (the shared contract: `MultiLabelLoss`)."""
         x, y = prepare_inputs(logits, targets, mask)
         loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         if self.gamma != 0:
