@@ -1,4 +1,4 @@
-"""`mlic` on the command line: `scenes`, `train`, `eval`, `run`, `report`.
+"""`mlic` on the command line: `scenes`, `train`, `eval`, `cpsd`, `run`, `report`.
 
 Every training option is a field of `RunConfig`: give a YAML file with `--config`, override single fields with
 `--set section.field=value` (values parsed as YAML), or use the named shortcuts below.
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite name")
     p.add_argument("--reports", default="reports", help="reports folder")
     p.set_defaults(func=cmd_report)
+
+    from mlic.cpsd import add_cpsd_parser
+
+    add_cpsd_parser(sub)
     return parser
 
 

@@ -13,15 +13,16 @@ The pipeline, each step reusing `mlic.train.fit` unchanged:
    restriction is a dataset view: the registered reader ``label_subset`` wraps any reader and keeps only the given
    columns, so a teacher is an ordinary `RunConfig` (``data.dataset: label_subset``, ``data.options: {base, classes,
    base_options}``) and its run folder is an ordinary run folder. Teachers run one after another or in parallel
-   processes (`workers`); a teacher whose folder has ``final.json`` (and the same config) is skipped, and an
-   interrupted one resumes from its ``last.pt``.
+   spawned processes (`CPSDSettings.workers`; the study keeps one pool for all its runs); a teacher whose folder has
+   ``final.json`` (and the same config) is skipped, and an interrupted one resumes from its ``last.pt``.
 3. **Merged teacher logits**: each teacher's best weights, in **eval mode** (the reference leaves its teachers in
    train mode — batch statistics, running stats drifting — a bug), predict logits for every training image with the
    evaluation transform; the parts' logits are scattered back to global label order and cached per family in
    ``train_logits.npz``, so the student phase reruns alone.
 4. **Student**: `fit` with the ``cpsd`` loss (`mlic.losses.distill`): ASL + MSE to the merged CGP logits + MSE to the
    merged DGP logits, with the reference's weights 0.5 / (α/2) / (0.5 − α/2). SD, CGPD, DGPD and random-partition
-   distillation (RPD) differ only in their teacher families (`VARIANTS`).
+   distillation (RPD) differ only in their teacher families (`VARIANTS`). The student's config records a digest of
+   its teachers, so a student of retrained teachers is retrained too.
 
 Cached logits versus the reference's online teachers: the reference computes teacher logits on the student's own
 augmented batch; a cache holds one logit vector per image, computed on the un-augmented image. In frozen-backbone mode
@@ -46,10 +47,12 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,16 +281,20 @@ def run_seconds(run_dir: str | Path) -> float:
     return float(sum(row.get("epoch_seconds", 0.0) for row in history))
 
 
-def train_runs(cfgs: Sequence[RunConfig], *, workers: int = 1, threads: int | None = None) -> dict[str, float]:
+def train_runs(cfgs: Sequence[RunConfig], *, workers: int = 1, threads: int | None = None,
+               keep_last: bool = True, executor: Executor | None = None) -> dict[str, float]:
     """Train every run of `cfgs` that is not already finished; resume the interrupted ones.
 
     Args:
         cfgs: run configs (distinct `output_dir`s). `train.resume` is switched on, so a run killed half-way
             continues from its ``last.pt``.
-        workers: 1 trains one after another in this process; more use that many spawned processes
+        workers: 1 trains one after another in this process; more train in that many spawned processes
             (`ProcessPoolExecutor`). In frozen-backbone mode the feature cache is filled first, in this process, so
             that workers never extract the same features at once.
         threads: torch intra-op threads per run (None: torch's default).
+        keep_last: keep the finished runs' ``checkpoints/last.pt`` (False deletes them; ``best.pt`` stays).
+        executor: a process pool to reuse (`CPSDStudy` keeps one for all its runs, so that its workers import
+            torch once); None creates one for this call when `workers` > 1.
 
     Returns:
         ``output_dir → wall seconds`` of each run, recorded or read back for runs that were already finished.
@@ -299,20 +306,42 @@ def train_runs(cfgs: Sequence[RunConfig], *, workers: int = 1, threads: int | No
     if workers > 1 and len(pending) > 1:
         if pending[0].model.freeze_backbone:
             _warm_feature_cache(pending[0], threads)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+        with contextlib.ExitStack() as stack:
+            pool = executor or stack.enter_context(process_pool(min(workers, len(pending))))
             list(pool.map(_fit_timed, [c.to_dict() for c in pending], [threads] * len(pending)))
     else:
         for cfg in pending:
             _fit_timed(cfg.to_dict(), threads)
+    if not keep_last:
+        for cfg in cfgs:
+            (Path(cfg.output_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
     return {c.output_dir: run_seconds(c.output_dir) for c in cfgs}
 
 
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` *spawned* processes: a forked child of a process that already ran torch's OpenMP
+    thread pool can deadlock, and a notebook kernel has."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+_WARMED: set[str] = set()
+
+
 def _warm_feature_cache(cfg: RunConfig, threads: int | None) -> None:
+    """Compute (or find) every split's cached backbone features for `cfg`, once per process and setting."""
     from mlic.train import Trainer
 
+    data, model = cfg.data, cfg.model
+    base = data.options.get("base", data.dataset) if data.dataset == "label_subset" else data.dataset
+    key = json.dumps([model.backbone, model.pretrained, model.backbone_kwargs, base, data.root, data.image_size,
+                      data.normalize, data.train_split, data.val_split, data.eval_splits, data.max_train_images,
+                      None if model.pretrained else cfg.train.seed, os.environ.get("MLIC_CACHE")], sort_keys=True,
+                     default=str)
+    if key in _WARMED:
+        return
     with torch_threads(threads):
         Trainer(cfg)  # building the batches computes (or finds) every split's cached features
+    _WARMED.add(key)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -390,6 +419,15 @@ def _teachers_digest(run_dirs: Sequence[Path], assign: Sequence[int]) -> str:
     return digest.hexdigest()
 
 
+def _logits_digest(files: dict[str, str]) -> str:
+    """One digest of several teacher-logits files (their recorded teacher digests)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name, path in sorted(files.items()):
+        with np.load(path, allow_pickle=False) as cached:
+            digest.update(f"{name}:{cached['digest']}".encode())
+    return digest.hexdigest()
+
+
 def cache_teacher_logits(partition: Partition, run_dirs: Sequence[Path], table: LabelledImages, out_file: Path, *,
                          device: str = "cpu", threads: int | None = None) -> Path:
     """Merged logits of a teacher family on `table`, written to `out_file` (reused while the teachers are unchanged).
@@ -424,11 +462,17 @@ class CPSDSettings:
         tau: affinity smoothing exponent (paper 3; reference code 2, its square root).
         n_init: k-means restarts of the spectral partition (reference 20).
         alpha: CGP/DGP balance of the student loss (reference 0.5).
-        cls_weight: weight of the student's ASL term (reference 0.5; paper Eq. 7: 1 with alpha 1).
+        cls_weight: weight of the student's ASL term (reference 0.5; paper Eq. 7: 1, with both KD weights 0.5 —
+            the same ratios, doubled).
         teacher_overrides: dotted `RunConfig` overrides for teachers only (e.g. the paper's ``train.epochs: 20``).
         student_overrides: dotted overrides for distilled students only (e.g. the code's ``optim.lr: 1e-5``).
         workers: parallel teacher processes (1: one after another, in this process).
         threads: torch threads per training process (None: torch's default).
+        evaluate_teachers: also evaluate every teacher on the base recipe's `eval_splits` (its validation split is
+            always used, to pick its best epoch); off by default: only the merged logits matter.
+        keep_last: keep each finished run's ``checkpoints/last.pt`` (only needed to resume an unfinished run; a
+            frozen-backbone checkpoint still holds the whole backbone, so a study of a hundred runs saves gigabytes
+            by dropping them). ``best.pt`` is always kept: the teachers' logits come from it.
     """
 
     tau: float = 3.0
@@ -439,11 +483,17 @@ class CPSDSettings:
     student_overrides: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
     threads: int | None = None
+    evaluate_teachers: bool = False
+    keep_last: bool = False
 
 
 @dataclass
 class VariantResult:
-    """One trained student (or baseline): its metrics and what it cost."""
+    """One trained student (or baseline): its metrics and what it cost.
+
+    Costs are sums of each run's own wall time (`run_seconds`): what the variant costs to train, whether or not its
+    runs overlapped in parallel workers or were reused from an earlier call.
+    """
 
     variant: str
     k: int | None
@@ -480,6 +530,25 @@ class CPSDStudy:
         self.root = Path(root)
         self.settings = settings or CPSDSettings()
         self._table: LabelledImages | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def executor(self) -> ProcessPoolExecutor | None:
+        """The study's process pool (`settings.workers` > 1), started on first use and kept for every later run."""
+        if self.settings.workers > 1 and self._pool is None:
+            self._pool = process_pool(self.settings.workers)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> CPSDStudy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def train_table(self) -> LabelledImages:
@@ -507,6 +576,12 @@ class CPSDStudy:
         return self.root / "students" / (f"{variant}-k{k}-seed{seed}" if uses_k else f"{variant}-seed{seed}")
 
     # ---------------------------------------------------------------- steps
+    def prepare(self) -> None:
+        """Fill the frozen-backbone feature cache once, with torch's default threads (a no-op end to end or when
+        the cache exists), so that the many short runs that follow only read it."""
+        if self.base.model.freeze_backbone:
+            _warm_feature_cache(self.base.updated({"output_dir": str(self.root / "prepare")}), None)
+
     def partition(self, strategy: str, k: int, seed: int) -> Partition:
         """The partition of a family, computed once and saved (the seed drives k-means and random draws)."""
         path = self.root / "partitions" / f"{self.family(strategy, k, seed)}.json"
@@ -533,27 +608,41 @@ class CPSDStudy:
                 "train.seed": seed,
                 "output_dir": str(self.root / "teachers" / self.family(strategy, k, seed) / f"part{t}"),
                 "name": f"teacher {self.family(strategy, k, seed)} part {t}",
+                **({} if self.settings.evaluate_teachers else {"data.eval_splits": []}),
                 **self.settings.teacher_overrides,
             }
             cfgs.append(self.base.updated(overrides))
         return cfgs
 
-    def teachers(self, strategy: str, k: int, seed: int) -> tuple[Path, float]:
-        """Train (or reuse) a family's teachers and cache their merged logits.
+    def teachers(self, strategies: Sequence[str], k: int, seed: int) -> dict[str, tuple[Path, float]]:
+        """Train (or reuse) the teachers of every family in `strategies` — all in one batch, so parallel workers
+        share them out — and cache each family's merged logits.
 
         Returns:
-            ``(logits_file, seconds)``: the cached merged logits and the teachers' total training time.
+            ``strategy → (logits_file, seconds)``: the cached merged logits and the family's total training time.
         """
-        k = self.family_k(strategy, k)
-        cfgs = self.teacher_configs(strategy, k, seed)
-        seconds = train_runs(cfgs, workers=self.settings.workers, threads=self.settings.threads)
-        out = self.root / "teachers" / self.family(strategy, k, seed) / LOGITS_FILE
-        started = time.perf_counter()
-        cache_teacher_logits(self.partition(strategy, k, seed), [Path(c.output_dir) for c in cfgs],
-                             self.train_table, out, device=self.base.train.device, threads=self.settings.threads)
-        log.info("teachers %s: %.1f s training, logits in %.1f s", self.family(strategy, k, seed),
-                 sum(seconds.values()), time.perf_counter() - started)
-        return out, float(sum(seconds.values()))
+        cfgs = {s: self.teacher_configs(s, k, seed) for s in strategies}
+        runs = [c for family in cfgs.values() for c in family]
+        parallel = self.settings.workers > 1 and sum(not run_is_done(c) for c in runs) > 1
+        try:
+            seconds = train_runs(runs, workers=self.settings.workers, threads=self.settings.threads,
+                                 keep_last=self.settings.keep_last, executor=self.executor() if parallel else None)
+        except BrokenProcessPool:
+            self.close()  # a dead worker breaks the pool for good: the next call starts a fresh one
+            raise
+        out: dict[str, tuple[Path, float]] = {}
+        for strategy, family in cfgs.items():
+            name = self.family(strategy, self.family_k(strategy, k), seed)
+            path = self.root / "teachers" / name / LOGITS_FILE
+            started = time.perf_counter()
+            cache_teacher_logits(self.partition(strategy, self.family_k(strategy, k), seed),
+                                 [Path(c.output_dir) for c in family], self.train_table, path,
+                                 device=self.base.train.device, threads=self.settings.threads)
+            family_seconds = float(sum(seconds[c.output_dir] for c in family))
+            log.info("teachers %s: %.1f s training, logits ready in %.1f s", name, family_seconds,
+                     time.perf_counter() - started)
+            out[strategy] = (path, family_seconds)
+        return out
 
     def student_config(self, variant: str, teacher_files: dict[str, str], k: int, seed: int) -> RunConfig:
         """The student run: the base recipe with the ``cpsd`` loss over `teacher_files` (the baseline: unchanged)."""
@@ -563,7 +652,8 @@ class CPSDStudy:
             s = self.settings
             overrides["loss"] = {"name": "cpsd", "kwargs": {
                 "teachers": teacher_files, "alpha": s.alpha, "cls_weight": s.cls_weight,
-                "base": self.base.loss.name, "base_kwargs": dict(self.base.loss.kwargs)}}
+                "base": self.base.loss.name, "base_kwargs": dict(self.base.loss.kwargs),
+                "teacher_digest": _logits_digest(teacher_files)}}
             overrides.update(s.student_overrides)
         return self.base.updated(overrides)
 
@@ -571,16 +661,12 @@ class CPSDStudy:
         """Train (or reuse) everything variant `variant` needs at `k` and `seed`, and its student."""
         if variant not in VARIANTS:
             raise ValueError(f"Unknown CPSD variant {variant!r}. Available: {', '.join(VARIANTS)}")
-        files: dict[str, str] = {}
-        teacher_seconds = 0.0
-        teachers = 0
-        for strategy in VARIANTS[variant]:
-            path, seconds = self.teachers(strategy, k, seed)
-            files[strategy] = str(path)
-            teacher_seconds += seconds
-            teachers += self.family_k(strategy, k)
+        families = self.teachers(VARIANTS[variant], k, seed)
+        files = {strategy: str(path) for strategy, (path, _) in families.items()}
+        teacher_seconds = sum(seconds for _, seconds in families.values())
+        teachers = sum(self.family_k(strategy, k) for strategy in families)
         cfg = self.student_config(variant, files, k, seed)
-        seconds = train_runs([cfg], threads=self.settings.threads)[cfg.output_dir]
+        seconds = train_runs([cfg], threads=self.settings.threads, keep_last=self.settings.keep_last)[cfg.output_dir]
         final = json.loads((Path(cfg.output_dir) / "final.json").read_text())
         uses_k = any(s != "single" for s in VARIANTS[variant])
         return VariantResult(variant, k if uses_k else None, seed, Path(cfg.output_dir), final["metrics"],
@@ -675,6 +761,40 @@ def per_label_gain(frame: pd.DataFrame, variant: str = "cpsd", reference: str = 
     return pd.DataFrame(rows)
 
 
+def summary_metrics(summary: pd.DataFrame, *, metric: str = "mAP",
+                    splits: Sequence[str] = ("test", "test_shift")) -> dict[str, dict[str, float]]:
+    """Headline numbers of a `summarize` table for `mlic.report.record`: variant → ``<split>_<metric>`` mean and
+    ``..._std``."""
+    out: dict[str, dict[str, float]] = {}
+    for _, row in summary.iterrows():
+        name = str(row["variant"]) if "k" not in row or pd.isna(row["k"]) else f"{row['variant']}_k{int(row['k'])}"
+        out[name] = {}
+        for split in splits:
+            out[name][f"{split}_{metric}"] = float(row[f"{split}_{metric}_mean"])
+            out[name][f"{split}_{metric}_std"] = float(row[f"{split}_{metric}_std"])
+    return out
+
+
+def variant_means(frame: pd.DataFrame, variant: str, *, metric: str = "mAP",
+                  splits: Sequence[str] = ("test", "test_shift")) -> dict[str, float] | None:
+    """Mean over seeds of `variant`'s ``<split>_<metric>`` per split, or None if `frame` has no such rows (the
+    k = 0 and k = 1 anchors of the k-sweep figure)."""
+    rows = frame[frame["variant"] == variant]
+    return None if rows.empty else {split: float(rows[f"{split}_{metric}"].mean()) for split in splits}
+
+
+def partition_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Headline numbers of a `partition_sweep` table: strategy → ``ARI_k<k>`` and ``same_group_k<k>`` (empty when
+    the data set has no planted groups)."""
+    if "ari" not in table:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for _, row in table.iterrows():
+        out.setdefault(str(row["strategy"]), {}).update(
+            {f"ARI_k{int(row['k'])}": float(row["ari"]), f"same_group_k{int(row['k'])}": float(row["same_group"])})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Command line: `mlic cpsd`
 # --------------------------------------------------------------------------------------------------------------------
@@ -727,6 +847,9 @@ def add_cpsd_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="override for distilled students only, e.g. optim.lr=1e-5 (the reference code's)")
     p.add_argument("--workers", type=int, default=1, help="parallel teacher processes (default 1: sequential)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training process")
+    p.add_argument("--keep-last", action="store_true",
+                   help="keep finished runs' checkpoints/last.pt (dropped by default; best.pt is always kept)")
+    p.add_argument("--evaluate-teachers", action="store_true", help="also evaluate teachers on the eval splits")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=main_cli)
     return p
@@ -750,16 +873,16 @@ def cli_config(args: argparse.Namespace) -> tuple[RunConfig, CPSDSettings]:
     settings = CPSDSettings(tau=args.tau, alpha=args.alpha, cls_weight=args.cls_weight,
                             teacher_overrides=_parse_set(args.teacher_set),
                             student_overrides=_parse_set(args.student_set), workers=args.workers,
-                            threads=args.threads)
+                            threads=args.threads, keep_last=args.keep_last, evaluate_teachers=args.evaluate_teachers)
     return cfg.updated(overrides), settings
 
 
 def main_cli(args: argparse.Namespace) -> int:
     """`mlic cpsd`: run the requested variants and print their metrics as JSON."""
     base, settings = cli_config(args)
-    study = CPSDStudy(base, args.root, settings)
-    results = [study.run(variant, k=args.k, seed=seed) for seed in (args.seed or [0])
-               for variant in (args.variant or ["cpsd"])]
+    with CPSDStudy(base, args.root, settings) as study:
+        results = [study.run(variant, k=args.k, seed=seed) for seed in (args.seed or [0])
+                   for variant in (args.variant or ["cpsd"])]
     print(json.dumps([{"variant": r.variant, "k": r.k, "seed": r.seed, "run_dir": str(r.run_dir),
                        "teachers": r.teachers, "teacher_seconds": round(r.teacher_seconds, 2),
                        "student_seconds": round(r.student_seconds, 2), "metrics": r.metrics} for r in results],

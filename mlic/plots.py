@@ -410,12 +410,13 @@ def ablation_bars(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[
         sns.barplot(data=data, x="variant", y=metric, errorbar="sd", ax=ax, color=sns.color_palette("deep")[0],
                     alpha=0.75, capsize=0.15)
         sns.stripplot(data=data, x="variant", y=metric, ax=ax, color="black", size=3.5, jitter=0.15)
-        means = data.groupby("variant", sort=False)[metric].mean()
-        for i, value in enumerate(means):
-            ax.text(i, value, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
         low, high = data[metric].min(), data[metric].max()
         pad = max(1.0, 0.25 * (high - low))
         ax.set_ylim(low - 3 * pad, high + pad)
+        means = data.groupby("variant", sort=False)[metric].mean()
+        for i, value in enumerate(means):  # the mean, written at the foot of its bar
+            ax.text(i, low - 2.7 * pad, f"{value:.1f}", ha="center", va="bottom", fontsize=8, color="white",
+                    fontweight="bold")
         ax.set(title=split, xlabel="", ylabel=f"{metric} (%)")
     fig.suptitle(title)
     fig.tight_layout()
@@ -479,12 +480,14 @@ def training_cost(costs: pd.DataFrame, *, title: str = "Training cost per varian
     ax.barh(y, costs["teacher_seconds"], color=palette[1], label="teachers")
     ax.barh(y, costs["student_seconds"], left=costs["teacher_seconds"], color=palette[0], label="student")
     for i, row in costs.reset_index(drop=True).iterrows():
-        ax.text(row["teacher_seconds"] + row["student_seconds"], i, f"  {int(row['teachers'])} teachers",
+        n = int(row["teachers"])
+        ax.text(row["teacher_seconds"] + row["student_seconds"], i, f"  {n} teacher{'' if n == 1 else 's'}",
                 va="center", fontsize=8)
     ax.set_yticks(y, costs["variant"])
     ax.invert_yaxis()
+    ax.set_xlim(0, 1.3 * float((costs["teacher_seconds"] + costs["student_seconds"]).max() or 1.0))
     ax.set(xlabel="seconds (wall, mean over seeds)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
     return fig
 
 

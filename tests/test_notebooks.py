@@ -19,8 +19,10 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 _TINY_MODEL = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32, "batch_size": 16}
 TINY: dict[str, dict] = {
     "00_quickstart.ipynb": {**_TINY_MODEL, "epochs": 1},
+    "01_label_graph.ipynb": {"k_values": [2, 3, 5], "n_init": 5},
     "03_aam.ipynb": {**_TINY_MODEL, "epochs": 2},
     "03b_aam_sweeps.ipynb": {},  # summarises a suite: run by test_aam_sweeps_summarise_a_suite_of_grid_runs
+    "04_cpsd.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},
     "08_thresholds.ipynb": {**_TINY_MODEL, "epochs": 2},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}

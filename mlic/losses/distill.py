@@ -11,8 +11,9 @@ Paper and reference versus `mlic`:
 
 - Weights. Paper (Eq. 6–7): ``L = ASL + ½‖s − T_cgp‖² + ½‖s − T_dgp‖²``. Reference: ``L = 0.5·ASL + (α/2)·MSE(s,
   T_cgp) + round(0.5 − α/2, 2)·MSE(s, T_dgp)`` with α = 0.5, i.e. 0.5 / 0.25 / 0.25 — the paper's ratios, halved.
-  `mlic` defaults to the reference's weights (``cls_weight=0.5, alpha=0.5``); ``cls_weight=1, alpha=1`` gives the
-  paper's. Under Adam a global factor changes next to nothing; the ratio is what matters.
+  `mlic` defaults to the reference's weights (``cls_weight=0.5, alpha=0.5``); the paper's are ``cls_weight=1,
+  teacher_weights={"cgp": 0.5, "dgp": 0.5}``, the same ratios doubled. Under Adam a global factor changes next to
+  nothing; the ratio is what matters. (α moves weight between the two families; their sum stays 0.5.)
 - Reduction. The reference sums ASL and the squared errors over batch and classes (``MSELoss(size_average=False)``).
   `mlic` losses default to ``"mean"``: here every term is its sum divided by ``B·C`` (ASL: by its counted entries),
   so the ratio of the terms — hence the optimum — is the reference's; ``reduction="sum"`` gives its exact values.
@@ -163,16 +164,19 @@ class DistilledStudentLoss(MultiLabelLoss):
     Args:
         teachers: name → teacher-logits file (see the module docstring); may be empty (then this is `base`).
         alpha: the reference's CGP/DGP balance, in [0, 1] (0.5: equal).
-        cls_weight: weight of the classification term (reference 0.5, paper 1).
+        cls_weight: weight of the classification term (reference 0.5; the paper's 1 goes with KD weights 0.5).
         teacher_weights: explicit name → weight, replacing the defaults.
         base: the classification loss's registered name (ASL by default, as in the paper).
         base_kwargs: its kwargs (its reduction is set to `reduction`).
         reduction: ``"mean"`` (each term's sum over B·C; default) or ``"sum"`` (the reference's values).
+        teacher_digest: identifies the teachers' logits (set by `mlic.cpsd`); it has no effect on the loss but, being
+            part of the run's config, marks a student of since-retrained teachers as stale.
     """
 
     def __init__(self, *, teachers: Mapping[str, str] | None = None, alpha: float = 0.5, cls_weight: float = 0.5,
                  teacher_weights: Mapping[str, float] | None = None, base: str = "asl",
-                 base_kwargs: Mapping[str, Any] | None = None, reduction: str = "mean") -> None:
+                 base_kwargs: Mapping[str, Any] | None = None, reduction: str = "mean",
+                 teacher_digest: str | None = None) -> None:
         super().__init__(reduction=reduction)
         if reduction == "none":
             raise ValueError("the student loss sums several terms; use reduction 'mean' or 'sum'")
@@ -186,6 +190,7 @@ class DistilledStudentLoss(MultiLabelLoss):
         if set(self.weights) != set(self.bank.names):
             raise ValueError(f"teacher_weights {sorted(self.weights)} must name the teachers {self.bank.names}")
         self.base = create_loss(base, **{**dict(base_kwargs or {}), "reduction": reduction})
+        self.teacher_digest = teacher_digest
 
     def bind_dataset(self, table: Any) -> None:
         """Load every teacher's logits aligned to the rows of the training table (the engine calls this)."""

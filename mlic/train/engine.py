@@ -202,12 +202,22 @@ class Trainer:
         if isinstance(self.optimizer, SAM) and self.scaler.is_enabled():
             raise ValueError("SAM with fp16 mixed precision is not supported (its two steps do not fit one grad "
                              "scaler update): use a GPU with bf16 (Ampere or newer), or train.amp=False")
-        self.ema = (create_ema(self.model, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+        # a frozen backbone never changes: averaging only the head saves most of the EMA's cost
+        self.ema_target = self.model.head if m.freeze_backbone else self.model
+        self.ema = (create_ema(self.ema_target, cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
                     if cfg.train.ema_decay else None)
         self.start_epoch = 0
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
         self.stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_smoothing)
         self.skipped: list[str] = []
+
+    def _ema_model(self) -> nn.Module:
+        """The averaged weights as a whole classifier (the shared frozen backbone plus the averaged head)."""
+        if self.ema_target is self.model:
+            return self.ema.module
+        model = self.model
+        return MultiLabelClassifier(model.backbone, self.ema.module, num_classes=model.num_classes,
+                                    backbone_name=model.backbone_name, head_name=model.head_name)
 
     def _all_eval_tables(self) -> dict[str, LabelledImages]:
         tables = dict(self.eval_tables)
@@ -315,7 +325,7 @@ class Trainer:
             self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.ema_target)
         return value
 
     @torch.inference_mode()
@@ -363,7 +373,7 @@ class Trainer:
             row: dict[str, Any] = {"epoch": epoch, **self.train_one_epoch(epoch)}
             candidates = {"raw": self.model}
             if self.ema is not None:
-                candidates["ema"] = self.ema.module
+                candidates["ema"] = self._ema_model()
             if val_split:
                 for name, model in candidates.items():
                     row[f"val_{metric}_{name}"] = self.score(model, val_split)[metric]
