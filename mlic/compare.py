@@ -95,7 +95,6 @@ def load_images(table: LabelledImages, indices: Sequence[int], image_size: int, 
     return batch["image"], raw["image"].permute(0, 2, 3, 1).clamp(0, 1).numpy()
 
 
-@torch.inference_mode()
 def attention_examples(run_dir: str | Path, table: LabelledImages, indices: Sequence[int]) -> dict[str, Any]:
     """Per-class attention maps of a run's head (ML-Decoder, Query2Label) on a few images of `table`.
 
@@ -107,7 +106,8 @@ def attention_examples(run_dir: str | Path, table: LabelledImages, indices: Sequ
     dcfg = backbone_data_config(model.backbone)
     inputs, images = load_images(table, indices, cfg.data.image_size, normalize=cfg.data.normalize,
                                  mean=dcfg["mean"], std=dcfg["std"])
-    logits, aux = model.forward_aux(inputs)
+    with torch.inference_mode():
+        logits, aux = model.forward_aux(inputs)
     if "attention" not in aux:
         raise ValueError(f"head {cfg.model.head!r} of {run_dir} exposes no attention maps")
     attention = aux["attention"][:, aux["query_of_class"]]
@@ -118,12 +118,12 @@ def attention_examples(run_dir: str | Path, table: LabelledImages, indices: Sequ
             "labels": table.labels[np.asarray(indices)], "class_names": class_names}
 
 
-@torch.inference_mode()
 def classifier_similarity(run_dir: str | Path) -> np.ndarray:
     """Cosine similarity `[C, C]` of the per-label classifiers an ML-GCN run learned."""
     model, cfg, _ = load_run_model(Path(run_dir) / "checkpoints" / "best.pt")
     channels = int(model.backbone.num_features)
-    _, aux = model.head.forward_aux(torch.zeros(1, channels, 1, 1))
+    with torch.inference_mode():
+        _, aux = model.head.forward_aux(torch.zeros(1, channels, 1, 1))
     if "classifiers" not in aux:
         raise ValueError(f"head {cfg.model.head!r} of {run_dir} has no per-label classifiers")
     weights = torch.nn.functional.normalize(aux["classifiers"].float(), dim=1)

@@ -207,6 +207,8 @@ def head_comparison(table: pd.DataFrame, *, splits: Sequence[str] = ("test", "te
     for container in ax_bar.containers:
         ax_bar.bar_label(container, fmt="%.1f", fontsize=7)
     ax_bar.tick_params(axis="x", rotation=20)
+    ax_bar.legend(loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=len(splits), fontsize=8, frameon=False)
+    ax_bar.set_ylim(0, 1.15 * float(data[metric].max() or 1.0))
     ax_bar.set(xlabel="", ylabel=f"{metric} (%)", title=f"{metric} per head")
     first = f"{metric}_{splits[0]}"
     if cost in table and first in table:

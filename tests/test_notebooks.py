@@ -20,6 +20,9 @@ _TINY_MODEL = {"backbone": "test_efficientnet", "pretrained": False, "image_size
 TINY: dict[str, dict] = {
     "00_quickstart.ipynb": {**_TINY_MODEL, "epochs": 1},
     "01_label_graph.ipynb": {"k_values": [2, 3, 5], "n_init": 5},
+    "02_heads.ipynb": {**_TINY_MODEL, "epochs": 1, "label_embeddings": "learned", "decoder_embedding": 32,
+                       "decoder_feedforward": 64, "q2l_hidden_dim": 32, "q2l_feedforward": 64,
+                       "attention_images": 2, "latency_repeats": 2},
     "03_aam.ipynb": {**_TINY_MODEL, "epochs": 2},
     "03b_aam_sweeps.ipynb": {},  # summarises a suite: run by test_aam_sweeps_summarise_a_suite_of_grid_runs
     "04_cpsd.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},

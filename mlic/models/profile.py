@@ -1,13 +1,12 @@
 """Model cost: parameters, FLOPs (PyTorch's own `FlopCounterMode`, no fvcore) and CPU latency.
 
 FLOPs count the matrix products and convolutions (2 per multiply-add), which dominate these models; element-wise
-operations, normalisation and softmax are not counted. Latency is the median of repeated forward passes in eval mode
+operations, normalisation and softmax are not counted. Latency is the fastest of repeated forward passes in eval mode
 under `torch.inference_mode()`, after warm-up.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,16 +21,30 @@ def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of `fn` (matrix products and convolutions, 2 per multiply-add)."""
+def count_flops(module: nn.Module, *inputs: Any) -> int:
+    """FLOPs of `module(*inputs)` (matrix products and convolutions, 2 per multiply-add).
+
+    The module's parameters are marked as not requiring gradients while counting: the counter's module tracker
+    fails on a parameter passed as an argument to a submodule under inference mode (Query2Label's label queries).
+    """
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        fn()
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with counter, torch.inference_mode():
+            module(*inputs)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return int(counter.get_total_flops())
 
 
 def measure_latency(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10) -> float:
-    """Median wall-clock seconds of one call of `fn` under `torch.inference_mode()`."""
+    """Fastest wall-clock seconds of one call of `fn` under `torch.inference_mode()`, after warm-up.
+
+    The minimum, as `timeit` advises: on a shared machine the slower calls measure the other processes.
+    """
     times = []
     with torch.inference_mode():
         for _ in range(warmup):
@@ -40,7 +53,7 @@ def measure_latency(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def profile_model(model: nn.Module, image_size: int, *, batch_size: int = 1, repeats: int = 10,
@@ -57,8 +70,9 @@ def profile_model(model: nn.Module, image_size: int, *, batch_size: int = 1, rep
     try:
         with torch.inference_mode():
             features = model.forward_features(images)
-        total = count_flops(lambda: model(images))
-        head = count_flops(lambda: model.forward_head(features))
+            model.forward_head(features)  # warm-up: fills per-size and precomputed-branch caches
+        total = count_flops(model, images)
+        head = count_flops(model.head, features)
         latency = measure_latency(lambda: model(images), repeats=repeats)
     finally:
         model.train(was_training)

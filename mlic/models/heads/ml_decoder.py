@@ -1,4 +1,4 @@
-"""`ml_decoder`: ML-Decoder — frozen group queries cross-attend to the spatial tokens, then a group fully-connected layer.
+"""`ml_decoder`: ML-Decoder — frozen group queries cross-attend to the spatial tokens; a group fully-connected layer.
 
 Paper: Ridnik, Sharir, Ben-Cohen, Ben-Baruch, Noy, "ML-Decoder: Scalable and Versatile Classification Head", WACV 2023
 (arXiv 2111.12933). Reference: `Alibaba-MIIL/ML_Decoder`, `src_files/ml_decoder/ml_decoder.py` (read at `8a9e984f`).
@@ -39,7 +39,7 @@ class CrossAttentionLayer(nn.Module):
     """ML-Decoder's `TransformerDecoderLayerOptimal`: no self-attention, cross-attention and feed-forward, post-norm.
 
     Keyword arguments that `nn.TransformerDecoder` passes in PyTorch ≥ 2 (`tgt_is_causal`, masks) are accepted and
-    ignored, so the layer also works inside the stock decoder.
+    ignored (the reference layer's TypeError there); the head calls its layers directly.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,

@@ -100,8 +100,9 @@ class GraphBranchCache:
     """One tensor computed from a module's own parameters, reused while none of them has changed.
 
     The key is each tensor's storage address and version counter: optimiser steps, EMA updates, `load_state_dict` and
-    `.to()` all change one of them, so a stale value is never served. The value is computed without gradient, outside
-    inference mode (an ordinary constant), and in float32 with autocast off.
+    `.to()` all change one of them, so a stale value is never served (inference tensors, i.e. a model built inside
+    `torch.inference_mode()`, have no version counter and cannot be updated outside it; only their address counts).
+    The value is computed without gradient, outside inference mode (an ordinary constant), with autocast off.
     """
 
     def __init__(self) -> None:
@@ -111,7 +112,7 @@ class GraphBranchCache:
 
     def get(self, tensors: Iterable[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         tensors = list(tensors)
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype) for t in tensors)
         if self.value is None or key != self.key:
             device_type = tensors[0].device.type if tensors else "cpu"
             with torch.inference_mode(False), torch.no_grad(), torch.autocast(device_type, enabled=False):
@@ -212,7 +213,7 @@ class MLGCNHead(LabelGraphHead):
         self.negative_slope = negative_slope
 
     def graph_parameters(self) -> list[torch.Tensor]:
-        return [self.gc1.weight, self.gc2.weight]
+        return [*self.gc1.parameters(), *self.gc2.parameters()]
 
     def compute_graph(self) -> torch.Tensor:
         """Per-label classifiers `[C, F]`."""
