@@ -115,3 +115,17 @@ def test_aam_recipe_trains_with_sam_and_reports_adaptive_thresholds(tiny_cfg: Ru
     assert result.metrics["test"]["CF1_adaptive"] == pytest.approx(adaptive["CF1"])
     # logits of a cosine head with scale 23 stay inside [-23, 23]: σ(±23) bounds the saved scores
     assert test["scores"].min() >= 1 / (1 + math.exp(23)) - 1e-9
+
+
+def test_ml_decoder_cosine_option_gives_scaled_cosines_of_group_embeddings() -> None:
+    from mlic.models import create_head
+
+    head = create_head("ml_decoder", in_features=16, num_classes=6, num_groups=3, decoder_embedding=8,
+                       dim_feedforward=16, cosine=True, scale=23.0).eval()
+    feats = torch.randn(2, 16, 3, 3)
+    groups, _ = head.decode(feats)
+    w = torch.nn.functional.normalize(head.duplicate_pooling, dim=1)  # [K, d, dup]
+    g = torch.nn.functional.normalize(groups, dim=-1)  # [B, K, d]
+    expected = torch.stack([23.0 * (g[:, c // 2] @ w[c // 2, :, c % 2]) for c in range(6)], dim=1)
+    torch.testing.assert_close(head(feats), expected)
+    assert head(feats).abs().max() <= 23.0 + 1e-5

@@ -89,9 +89,11 @@ class MLDecoderHead(Head):
     """
 
     def __init__(self, in_features: int, num_classes: int, *, num_groups: int = -1, decoder_embedding: int = 768,
-                 num_heads: int = 8, dim_feedforward: int = 2048, num_layers: int = 1, dropout: float = 0.1) -> None:
+                 num_heads: int = 8, dim_feedforward: int = 2048, num_layers: int = 1, dropout: float = 0.1,
+                 cosine: bool = False, scale: float = 1.0) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.cosine, self.scale = cosine, float(scale)
         self.num_groups = num_query_groups(num_classes, num_groups)
         self.dup = math.ceil(num_classes / self.num_groups)
         self.input_proj = nn.Linear(in_features, decoder_embedding)
@@ -106,7 +108,8 @@ class MLDecoderHead(Head):
     def decode(self, features: torch.Tensor, *, need_weights: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Group embeddings `[B, K, d]` and the last layer's head-averaged attention `[B, K, N]` (if asked)."""
-        memory = F.relu(self.input_proj(as_tokens(features)))
+        projected = self.input_proj(as_tokens(features))
+        memory = F.leaky_relu(projected, 0.2) if self.cosine else F.relu(projected)
         tgt = self.query_embed.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         weights = None
         for layer in self.layers:
@@ -114,7 +117,15 @@ class MLDecoderHead(Head):
         return tgt, weights
 
     def group_fc(self, groups: torch.Tensor) -> torch.Tensor:
-        """`[B, K, d]` group embeddings → `[B, C]` logits: `dup` outputs per group, cut to C, plus the bias."""
+        """`[B, K, d]` group embeddings → `[B, C]` logits: `dup` outputs per group, cut to C, plus the bias.
+
+        With `cosine`, group embeddings and class vectors are L2-normalised and the logits are `scale · cosθ` with no
+        bias (the AAM paper's `GroupASL` port, whose bias would move logits off the cosine range the AAM loss reads).
+        """
+        if self.cosine:
+            weights = F.normalize(self.duplicate_pooling, dim=1)
+            cos = torch.einsum("bkd,kdg->bkg", F.normalize(groups, dim=-1), weights).flatten(1)
+            return self.scale * cos[:, :self.num_classes].clamp(-1.0, 1.0)
         out = torch.einsum("bkd,kdg->bkg", groups, self.duplicate_pooling).flatten(1)
         return out[:, :self.num_classes] + self.duplicate_pooling_bias
 
