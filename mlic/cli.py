@@ -40,7 +40,8 @@ _TRAIN_SHORTCUTS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (dotted RunConfig keys, YAML values) as an overrides dict."""
     overrides = {}
     for item in items:
         if "=" not in item:
@@ -50,28 +51,31 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `mlic train`: YAML file, then shortcuts, then `--set` overrides."""
+def run_config_from_args(args: argparse.Namespace, shortcuts: dict[str, tuple[str, Any, str]]) -> RunConfig:
+    """A RunConfig from parsed options: `--config` YAML, then `--recipe`, then the `shortcuts` flags and the common
+    switches present on `args`, then `--set` overrides (shared by `mlic train` and `mlic cpsd`)."""
     cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
-    if args.recipe:
+    if getattr(args, "recipe", None):
         from mlic.recipes import apply_recipe
 
         cfg = apply_recipe(cfg, args.recipe)
     overrides: dict[str, Any] = {}
-    for flag, (key, _, _) in _TRAIN_SHORTCUTS.items():
+    for flag, (key, _, _) in shortcuts.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             overrides[key] = value
-    if args.no_pretrained:
-        overrides["model.pretrained"] = False
-    if args.freeze_backbone:
-        overrides["model.freeze_backbone"] = True
-    if args.resume:
-        overrides["train.resume"] = True
-    if args.no_progress:
-        overrides["train.progress"] = False
-    overrides.update(_parse_set(args.set))
+    switches = {"no_pretrained": ("model.pretrained", False), "freeze_backbone": ("model.freeze_backbone", True),
+                "resume": ("train.resume", True), "no_progress": ("train.progress", False)}
+    for attribute, (key, value) in switches.items():
+        if getattr(args, attribute, False):
+            overrides[key] = value
+    overrides.update(parse_set(args.set))
     return cfg.updated(overrides)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of `mlic train`."""
+    return run_config_from_args(args, _TRAIN_SHORTCUTS)
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
@@ -117,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not suite.exists():
         raise SystemExit(f"no suite {args.suite!r}: expected a YAML file or notebooks/suites/{args.suite}.yaml")
     result = run_suite(suite, reports_dir=args.reports, notebooks_dir=args.notebooks, force=args.force,
-                       only=args.only or None, kernel_name=args.kernel, overrides=_parse_set(args.set))
+                       only=args.only or None, kernel_name=args.kernel, overrides=parse_set(args.set))
     print(f"report: {result.suite_dir / 'index.md'} (and index.html); {len(result.succeeded)} ran, "
           f"{len(result.skipped)} already done, {len(result.failed)} failed")
     for name in result.failed:

@@ -60,7 +60,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from mlic import metrics
 from mlic.config import RunConfig
@@ -811,16 +810,6 @@ _BASE_FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"expected KEY=VALUE (dotted RunConfig key), got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def add_cpsd_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``cpsd`` command to an argparse sub-parser collection (`mlic cpsd`); returns its parser."""
     p = subparsers.add_parser(
@@ -857,24 +846,14 @@ def add_cpsd_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cli_config(args: argparse.Namespace) -> tuple[RunConfig, CPSDSettings]:
     """The base recipe and the pipeline settings of parsed `mlic cpsd` arguments."""
-    cfg = RunConfig.from_yaml(args.config) if args.config else RunConfig()
-    overrides: dict[str, Any] = {}
-    for flag, (key, _, _) in _BASE_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            overrides[key] = value
-    if args.no_pretrained:
-        overrides["model.pretrained"] = False
-    if args.freeze_backbone:
-        overrides["model.freeze_backbone"] = True
-    if args.no_progress:
-        overrides["train.progress"] = False
-    overrides.update(_parse_set(args.set))
+    from mlic.cli import parse_set, run_config_from_args
+
+    cfg = run_config_from_args(args, _BASE_FLAGS)
     settings = CPSDSettings(tau=args.tau, alpha=args.alpha, cls_weight=args.cls_weight,
-                            teacher_overrides=_parse_set(args.teacher_set),
-                            student_overrides=_parse_set(args.student_set), workers=args.workers,
+                            teacher_overrides=parse_set(args.teacher_set),
+                            student_overrides=parse_set(args.student_set), workers=args.workers,
                             threads=args.threads, keep_last=args.keep_last, evaluate_teachers=args.evaluate_teachers)
-    return cfg.updated(overrides), settings
+    return cfg, settings
 
 
 def main_cli(args: argparse.Namespace) -> int:
