@@ -227,6 +227,10 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
+_OVERVIEW_COLUMNS = ("run", "notebook", "status", "seconds", "seed", "test/mAP", "test_shift/mAP", "test/CF1",
+                     "test_shift/CF1", "test/OF1", "test_shift/OF1")
+
+
 def write_index(suite_dir: str | Path) -> Path:
     """Write `index.md` and `index.html` for a suite folder; returns the markdown path."""
     suite_dir = Path(suite_dir)
@@ -234,8 +238,12 @@ def write_index(suite_dir: str | Path) -> Path:
     md = [f"# Report: {suite_dir.name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     body = [f"<h1>Report: {html.escape(suite_dir.name)}</h1>"]
     failures = summary[summary["status"] != "ok"] if not summary.empty else summary
-    md += ["## Runs", "", markdown_table(summary), ""]
-    body += ["<h2>Runs</h2>", summary.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="")]
+    atomic_write_text(suite_dir / "runs.csv", summary.to_csv(index=False))
+    overview = summary[[c for c in _OVERVIEW_COLUMNS if c in summary.columns]]
+    md += ["## Runs", "", markdown_table(overview), "",
+           "Every parameter and metric of every run: [runs.csv](runs.csv).", ""]
+    body += ["<h2>Runs</h2>", overview.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep=""),
+             "<p>Every parameter and metric of every run: <a href='runs.csv'>runs.csv</a>.</p>"]
     if not failures.empty:
         md += ["## Failures", ""]
         body += ["<h2>Failures</h2><ul>"]
