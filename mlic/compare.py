@@ -10,7 +10,6 @@ every head trains on them.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from mlic.config import RunConfig
 from mlic.data.dataset import ImageDataset, build_transforms, collate_skipping
 from mlic.data.table import LabelledImages
 from mlic.evaluate import load_run_model
+from mlic.experiments import fit_row
 from mlic.models import backbone_data_config
 from mlic.models.profile import profile_model
-from mlic.train.engine import fit
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,7 @@ def train_heads(base_cfg: RunConfig, heads: dict[str, dict[str, Any]], *, profil
     rows = []
     for name, spec in heads.items():
         cfg = head_config(base_cfg, name, spec)
-        log.info("training head %s (%s)", name, cfg.model.head)
-        started = time.perf_counter()
-        result = fit(cfg)
-        row: dict[str, Any] = {"head": name}
-        for split, values in result.metrics.items():
-            row.update({f"{key}_{split}": values[key] for key in REPORTED})
-        row.update({"best_epoch": result.best_epoch, "weights": result.weights,
-                    "train_seconds": time.perf_counter() - started})
+        row, result = fit_row(cfg, name, label="head", keys=REPORTED)
         if profile:
             model, _, _ = load_run_model(result.run_dir / "checkpoints" / "best.pt")
             row.update(profile_model(model, cfg.data.image_size, repeats=latency_repeats))

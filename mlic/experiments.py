@@ -15,30 +15,39 @@ import pandas as pd
 
 from mlic.config import RunConfig
 from mlic.io import read_jsonl
-from mlic.train.engine import fit
+from mlic.train.engine import RunResult, fit
 
 log = logging.getLogger(__name__)
 
 REPORTED = ("mAP", "CF1", "OF1", "CF1_adaptive", "OF1_adaptive")
 
 
+def fit_row(cfg: RunConfig, name: str, *, label: str = "variant",
+            keys: tuple[str, ...] = REPORTED) -> tuple[dict[str, Any], RunResult]:
+    """Train one run and describe it as a table row: `label`, `<metric>_<split>` for the `keys` each split has,
+    `best_epoch`, `weights` and `train_seconds`. Also returns the `RunResult`."""
+    log.info("training %s %s", label, name)
+    started = time.perf_counter()
+    result = fit(cfg)
+    row: dict[str, Any] = {label: name}
+    for split, values in result.metrics.items():
+        row.update({f"{key}_{split}": values[key] for key in keys if key in values})
+    row.update({"best_epoch": result.best_epoch, "weights": result.weights,
+                "train_seconds": time.perf_counter() - started})
+    return row, result
+
+
 def run_variants(base_cfg: RunConfig, variants: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Train `base_cfg` once per variant with that variant's overrides; one row per variant.
 
     Columns: `variant`, `<metric>_<split>` for each reported metric present, `best_epoch`, `weights`,
-    `epochs_run`, `train_seconds` and `run_dir`.
+    `train_seconds`, `epochs_run` and `run_dir`.
     """
     rows = []
     for name, overrides in variants.items():
         cfg = base_cfg.updated({**overrides, "output_dir": str(Path(base_cfg.output_dir) / name), "name": name})
-        log.info("training variant %s", name)
-        started = time.perf_counter()
-        result = fit(cfg)
-        row: dict[str, Any] = {"variant": name}
-        for split, values in result.metrics.items():
-            row.update({f"{key}_{split}": values[key] for key in REPORTED if key in values})
-        row.update({"best_epoch": result.best_epoch, "weights": result.weights, "epochs_run": len(result.history),
-                    "train_seconds": time.perf_counter() - started, "run_dir": str(result.run_dir)})
+        row, result = fit_row(cfg, name)
+        row.update({"epochs_run": len(result.history), "run_dir": str(result.run_dir)})
         rows.append(row)
     return pd.DataFrame(rows)
 
