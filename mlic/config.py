@@ -41,6 +41,9 @@ class DataConfig:
     bad_images: str = "skip"
     normalize: bool = True
     max_train_images: int | None = None
+    #: simulate partial labels on the training split: keyword arguments of `mlic.data.partial.simulate_observed`,
+    #: e.g. `{"mode": "single_positive", "seed": 1200}`; evaluation always uses the full labels
+    partial: dict[str, Any] | None = None
 
 
 @dataclass

@@ -211,3 +211,69 @@ def test_cli_set_overrides_and_print_config(tmp_path: Path) -> None:
                          check=True).stdout
     cfg = RunConfig.from_dict(yaml.safe_load(out))
     assert cfg.train.epochs == 3 and cfg.loss.kwargs == {"gamma_neg": 2}
+
+
+class _AuxHead(torch.nn.Module):
+    """A linear head with a constant-gradient auxiliary loss and a recorded per-image output, to test the hooks."""
+
+    recorded_aux = ("probe",)
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_features, num_classes)
+        self.aux_weight = torch.nn.Parameter(torch.zeros(()))
+        self.aux_calls = 0
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features.mean((2, 3)))
+
+    def forward_aux(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self(features)
+        return logits, {"probe": logits[:, :2] * 0 + torch.arange(2.0)}
+
+    def forward_train(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.aux_calls += 1
+        return self(features), {"pull": 1.0 * self.aux_weight}  # d/dw = 1: SGD moves w by −lr each step
+
+
+def test_head_aux_losses_are_trained_and_recorded_outputs_saved(scenes_root: Path, tmp_path: Path) -> None:
+    from mlic.models.heads import HEADS
+
+    if "test_aux_head" not in HEADS.list():
+        HEADS.register("test_aux_head")(_AuxHead)
+    cfg = tiny_config(scenes_root, tmp_path / "aux", **{"model.head": "test_aux_head", "model.freeze_backbone": True,
+                                                         "optim.name": "sgd", "optim.scheduler": "constant",
+                                                         "optim.weight_decay": 0.0, "train.ema_decay": 0.0})
+    result = fit(cfg)
+    steps = sum(1 for _ in range(cfg.train.epochs)) * int(np.ceil(96 / 16))
+    state = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state_dict"]
+    # SGD with momentum 0.9 on a constant gradient 1: w after n steps is −lr·Σ_k (1−0.9^k)/0.1
+    expected = -cfg.optim.lr * sum((1 - 0.9 ** k) / 0.1 for k in range(1, steps + 1))
+    assert float(state["head.aux_weight"]) == pytest.approx(expected, rel=1e-4)
+    preds = load_predictions(result.run_dir, "test")
+    assert preds["aux_probe"].shape == (len(preds["scores"]), 2)
+    np.testing.assert_array_equal(preds["aux_probe"][:, 1], 1.0)
+
+
+def test_extra_modules_train_at_their_learning_rate_multiplier() -> None:
+    from mlic.config import OptimConfig
+    from mlic.train.optim import build_optimizer, build_scheduler
+
+    class Estimator(torch.nn.Module):
+        lr_mult = 10.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.theta = torch.nn.Parameter(torch.zeros(3, 2))
+
+    model, estimator = torch.nn.Linear(4, 2), Estimator()
+    cfg = OptimConfig(name="adam", lr=1e-3, scheduler="onecycle", weight_decay=1e-4)
+    optimizer = build_optimizer(model, cfg, extra=[estimator])
+    scheduler = build_scheduler(optimizer, cfg, total_steps=10)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        lrs = {id(g["params"][0]): g["lr"] for g in optimizer.param_groups}
+        assert lrs[id(estimator.theta)] == pytest.approx(10 * lrs[id(model.weight)])
+    group = next(g for g in optimizer.param_groups if g["params"][0] is estimator.theta)
+    assert group["weight_decay"] == 0.0

@@ -39,8 +39,18 @@ class MultiLabelClassifier(nn.Module):
         """Logits from features."""
         return self.head(features)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+    def forward(self, inputs: torch.Tensor, *, from_features: bool = False, with_aux_loss: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits from images (or from backbone features with `from_features`).
+
+        With `with_aux_loss` it returns `(logits, aux_losses)`, the head's weighted auxiliary losses for training.
+        Both options go through `forward` so that a `DistributedDataParallel` wrapper sees every training call.
+        """
+        features = inputs if from_features else self.forward_features(inputs)
+        if not with_aux_loss:
+            return self.head(features)
+        forward_train = getattr(self.head, "forward_train", None)
+        return forward_train(features) if forward_train is not None else (self.head(features), {})
 
     def forward_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and the head's auxiliary tensors (attention, gates, ...)."""

@@ -117,14 +117,30 @@ class Batches:
         return self.loader
 
 
-def _inputs(model: MultiLabelClassifier, batch: dict[str, Any], device: torch.device,
-            channels_last: bool) -> torch.Tensor:
+def _model_input(batch: dict[str, Any], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, bool]:
+    """The batch's input tensor on `device` and whether it is backbone features (frozen path) or images."""
     if "features" in batch:
-        return model.forward_head(batch["features"].to(device, non_blocking=True))
+        return batch["features"].to(device, non_blocking=True), True
     images = batch["image"].to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return model(images)
+    return images, False
+
+
+def _inputs(model: nn.Module, batch: dict[str, Any], device: torch.device, channels_last: bool,
+            *, with_aux_loss: bool = False) -> Any:
+    """Logits of `model` on a batch (and the head's auxiliary losses with `with_aux_loss`)."""
+    inputs, from_features = _model_input(batch, device, channels_last)
+    return model(inputs, from_features=from_features, with_aux_loss=with_aux_loss)
+
+
+def _aux_outputs(model: nn.Module, batch: dict[str, Any], device: torch.device, channels_last: bool,
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the head's `forward_aux` tensors on a batch."""
+    inputs, from_features = _model_input(batch, device, channels_last)
+    if from_features:
+        return model.head.forward_aux(inputs)
+    return model.forward_aux(inputs)
 
 
 def _loss_targets(batch: dict[str, Any], device: torch.device, loss_fn: nn.Module) -> dict[str, Any]:
@@ -153,6 +169,9 @@ class Trainer:
         data = cfg.data
         opts = dict(data.options)
         self.train_table = _limit(load_split(data.dataset, data.root, data.train_split, **opts), data.max_train_images)
+        if data.partial:  # single-positive / partial-label training: observed labels simulated from the full ones
+            from mlic.data.partial import simulate_observed
+            self.train_table = simulate_observed(self.train_table, **data.partial)
         self.val_table = load_split(data.dataset, data.root, data.val_split, **opts) if data.val_split else None
         self.eval_tables = {s: load_split(data.dataset, data.root, s, **opts) for s in data.eval_splits}
         self.class_names = self.train_table.class_names
@@ -189,8 +208,7 @@ class Trainer:
         if hasattr(self.loss_fn, "bind_dataset"):
             self.loss_fn.bind_dataset(self.train_table)
         self.loss_fn.to(self.device)
-        trainable = nn.ModuleList([self.model, self.loss_fn])
-        self.optimizer = build_optimizer(trainable, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, extra=[self.loss_fn])
         steps = len(self.train_batches)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -294,8 +312,11 @@ class Trainer:
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = _inputs(self.model, batch, self.device, self.channels_last)
-        return self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
+            logits, aux_losses = _inputs(self.model, batch, self.device, self.channels_last, with_aux_loss=True)
+        loss = self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
+        for aux in aux_losses.values():  # heads' own weighted terms, e.g. MoE load balancing
+            loss = loss + aux.float()
+        return loss
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -329,9 +350,14 @@ class Trainer:
         return value
 
     @torch.inference_mode()
-    def predict(self, model: nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sigmoid scores, true labels and row indices of `split` for `model` (in eval mode)."""
+    def predict(self, model: nn.Module, split: str, *, aux: dict[str, list[np.ndarray]] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sigmoid scores, true labels and row indices of `split` for `model` (in eval mode).
+
+        With `aux` (a dict to fill), the head's `recorded_aux` outputs (e.g. MoE gate weights) are collected too.
+        """
         batches = self.eval_batches[split]
+        keys = tuple(getattr(model.head, "recorded_aux", ())) if aux is not None else ()
         was_training = model.training
         model.eval()
         scores, targets, indices = [], [], []
@@ -341,7 +367,12 @@ class Trainer:
                 if "target" not in batch:
                     continue
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                    logits = _inputs(model, batch, self.device, self.channels_last)
+                    if keys:
+                        logits, outputs = _aux_outputs(model, batch, self.device, self.channels_last)
+                        for key in keys:
+                            aux.setdefault(key, []).append(outputs[key].float().cpu().numpy().astype(np.float16))
+                    else:
+                        logits = _inputs(model, batch, self.device, self.channels_last)
                 scores.append(torch.sigmoid(logits.float()).cpu().numpy())
                 targets.append(batch["target"].numpy())
                 indices.append(batch["index"].numpy())
@@ -404,7 +435,8 @@ class Trainer:
         """Evaluate the best weights on every split, save predictions and `final.json`."""
         best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["state_dict"])
-        predictions = {split: self.predict(self.model, split) for split in self.eval_batches}
+        recorded: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in self.eval_batches}
+        predictions = {split: self.predict(self.model, split, aux=recorded[split]) for split in self.eval_batches}
         thresholds = None
         if self.cfg.train.threshold_split is not None:
             scores, targets, _ = predictions[self.cfg.train.threshold_split]
@@ -416,8 +448,9 @@ class Trainer:
         for split, (scores, targets, idx) in predictions.items():
             results[split] = split_metrics(scores, targets, thresholds)
             ids = np.asarray([self.eval_batches[split].table.image_ids[i] for i in idx])
+            extra = {f"aux_{key}": np.concatenate(parts) for key, parts in recorded[split].items()}
             atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
-                            image_ids=ids, class_names=np.asarray(self.class_names))
+                            image_ids=ids, class_names=np.asarray(self.class_names), **extra)
         history = read_jsonl(self.run_dir / "metrics.jsonl")
         final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
                  "epochs_run": len(history), "skipped_images": sorted(set(self.skipped)),

@@ -33,12 +33,21 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: OptimConfig, *, extra: list[nn.Module] = ()) -> torch.optim.Optimizer:
     """The optimiser named in `cfg` over `module`'s trainable parameters (decay on weights only), wrapped in SAM
-    when `cfg.sam` is set."""
+    when `cfg.sam` is set.
+
+    `extra` modules (losses with parameters, such as ROLE's label estimator) get their own group without weight
+    decay, at `cfg.lr × module.lr_mult` (the attribute, default 1); the schedule keeps that ratio.
+    """
     groups = parameter_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters")
+    for other in extra:
+        params = [p for p in other.parameters() if p.requires_grad]
+        if params:
+            mult = float(getattr(other, "lr_mult", 1.0))
+            groups.append({"params": params, "weight_decay": 0.0, "lr": cfg.lr * mult, "lr_mult": mult})
     base = OPTIMIZERS.get(cfg.name)
     if cfg.sam:
         return SAM(groups, base, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive, lr=cfg.lr, weight_decay=0.0)
@@ -50,7 +59,8 @@ SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
 
 @SCHEDULERS.register("onecycle")
 def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 1),
+    max_lr = [cfg.lr * group.get("lr_mult", 1.0) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1),
                                                pct_start=cfg.pct_start, div_factor=cfg.div_factor,
                                                final_div_factor=cfg.final_div_factor)
 

@@ -2,7 +2,8 @@
 
 A head maps backbone features to logits `[B, num_classes]`. Features arrive as a CNN map `[B, C, H, W]` or as ViT
 patch tokens `[B, N, C]` (prefix tokens already removed). Heads with tensors worth plotting (attention, gates, graph
-weights) return them from `forward_aux` as a dict.
+weights) return them from `forward_aux` as a dict; heads with an auxiliary training loss return it from
+`forward_train`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ HEADS: Registry[nn.Module] = Registry("head")
 class Head(nn.Module):
     """Base class: `forward(features) -> logits`; `forward_aux` adds a dict of auxiliary tensors."""
 
+    #: keys of `forward_aux` that the engine saves beside the scores in `predictions/<split>.npz` (as `aux_<key>`)
+    recorded_aux: tuple[str, ...] = ()
+
     def forward_aux(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and the head's auxiliary tensors (none for plain heads)."""
+        return self(features), {}
+
+    def forward_train(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the head's own weighted auxiliary losses (e.g. MoE load balancing), which the engine adds to
+        the training loss; none for plain heads."""
         return self(features), {}
 
 
