@@ -1,7 +1,4 @@
-"""Every figure the notebooks draw: one function per figure, each returning a matplotlib `Figure`.
-
-`save(fig, output_dir, name)` writes PNG (for the report) and SVG (for papers) into `output_dir/figures/`.
-"""
+"""The shared figures (data, training curves, heads, label graphs, CPSD, AAM) and `save`."""
 
 from __future__ import annotations
 
@@ -17,6 +14,14 @@ from matplotlib.figure import Figure
 
 from mlic.data.table import LabelledImages
 from mlic.io import atomic_path
+
+__all__ = [
+    "save", "label_frequencies", "labels_per_image", "sample_grid", "training_curves", "per_class_ap",
+    "precision_recall_curves", "split_comparison", "query_attention", "similarity_vs_cooccurrence",
+    "head_comparison", "clustered_heatmap", "label_graph", "eigenvalue_spectrum", "partition_grid", "ari_per_k",
+    "ablation_bars", "k_sweep", "label_gain", "training_cost", "aam_parts", "curves_by_run", "sweep_lines",
+    "grid_heatmap", "class_thresholds",
+]
 
 sns.set_theme(style="whitegrid", context="notebook")
 
