@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ _TRAIN_SHORTCUTS: dict[str, tuple[str, Any, str]] = {
     "--train-split": ("data.train_split", str, "split to train on (e.g. train, train2014, trainval)"),
     "--val-split": ("data.val_split", str, "split used to pick the best epoch and EMA vs raw weights"),
     "--image-size": ("data.image_size", int, "side of the square (squish) resize; the papers use 448"),
-    "--batch-size": ("data.batch_size", int, "images per step"),
+    "--batch-size": ("data.batch_size", int, "images per optimiser step (the global batch under torchrun)"),
     "--workers": ("data.num_workers", int, "data-loading processes"),
     "--backbone": ("model.backbone", str, "timm model name; efficientnet_lite0 has ImageNet weights offline"),
     "--head": ("model.head", str, "classification head (mlic.models.list_heads())"),
@@ -65,7 +66,8 @@ def run_config_from_args(args: argparse.Namespace, shortcuts: dict[str, tuple[st
         if value is not None:
             overrides[key] = value
     switches = {"no_pretrained": ("model.pretrained", False), "freeze_backbone": ("model.freeze_backbone", True),
-                "resume": ("train.resume", True), "no_progress": ("train.progress", False)}
+                "resume": ("train.resume", True), "no_progress": ("train.progress", False),
+                "compile": ("train.compile", True)}
     for attribute, (key, value) in switches.items():
         if getattr(args, attribute, False):
             overrides[key] = value
@@ -94,9 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    result = fit(cfg)
-    print(json.dumps({"run_dir": str(result.run_dir), "weights": result.weights, "best_epoch": result.best_epoch,
-                      "metrics": result.metrics}, indent=2))
+    from mlic.train import distributed
+
+    try:
+        result = fit(cfg)
+    finally:
+        distributed.cleanup()
+    if distributed.env_world_size() <= 1 or os.environ.get("RANK", "0") == "0":
+        print(json.dumps({"run_dir": str(result.run_dir), "weights": result.weights, "best_epoch": result.best_epoch,
+                          "metrics": result.metrics}, indent=2))
     return 0
 
 
@@ -160,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate one run",
                        description="Train a model from a RunConfig and write the run folder (config.yaml, "
-                                   "metrics.jsonl, final.json, predictions/, checkpoints/).")
+                                   "metrics.jsonl, final.json, predictions/, checkpoints/). On several GPUs or "
+                                   "machines: torchrun --nproc_per_node N -m mlic train ... (DistributedDataParallel; "
+                                   "--batch-size stays the global batch).")
     p.add_argument("--config", help="YAML file with RunConfig fields (data, model, loss, optim, train)")
     p.add_argument("--recipe", default=None,
                    help="a paper's training recipe applied before the options below: asl_paper, aam_paper")
@@ -171,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache backbone features once (memory-mapped) and train only the head")
     p.add_argument("--resume", action="store_true", help="continue from <output-dir>/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward (inductor; worth it on GPUs for long runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set loss.kwargs='{gamma_neg: 2}' (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

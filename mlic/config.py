@@ -102,6 +102,12 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    #: `torch.compile` the training forward: True (inductor) or a backend name ("aot_eager", ...)
+    compile: bool | str = False
+    #: DistributedDataParallel option for heads that leave parameters unused in a step
+    find_unused_parameters: bool = False
+    #: several GPUs: BatchNorm statistics over the global batch (SyncBatchNorm); CPU (gloo) keeps per-rank statistics
+    sync_batchnorm: bool = True
 
 
 @dataclass

@@ -277,3 +277,13 @@ def test_extra_modules_train_at_their_learning_rate_multiplier() -> None:
         assert lrs[id(estimator.theta)] == pytest.approx(10 * lrs[id(model.weight)])
     group = next(g for g in optimizer.param_groups if g["params"][0] is estimator.theta)
     assert group["weight_decay"] == 0.0
+
+
+def test_compiled_training_forward_matches_eager(scenes_root: Path, tmp_path: Path) -> None:
+    """`train.compile` wraps the training forward in `torch.compile` (the eager backend here: the check is about
+    the plumbing and that the compiled graph is the same computation; inductor needs a compiler and minutes)."""
+    over = {"model.freeze_backbone": True, "train.ema_decay": 0.0, "train.epochs": 2}
+    eager = fit(tiny_config(scenes_root, tmp_path / "eager", **over))
+    compiled = fit(tiny_config(scenes_root, tmp_path / "compiled", **over, **{"train.compile": "eager"}))
+    for split, values in eager.metrics.items():
+        assert compiled.metrics[split]["mAP"] == pytest.approx(values["mAP"], abs=1e-3)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,12 @@ class FeatureDataset(Dataset):
         Rows inside a batch are read in sorted order for memmap locality; which rows form a batch follows `order`.
         """
         order = np.arange(len(self)) if order is None else np.asarray(order)
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])
+        return self.batches_from(order[start:start + batch_size] for start in range(0, len(order), batch_size))
+
+    def batches_from(self, index_batches: Iterable[Sequence[int]]) -> Iterable[dict[str, Any]]:
+        """One batch per group of row indices (e.g. a rank's shards from a `ShardedBatchSampler`)."""
+        for rows in index_batches:
+            idx = np.sort(np.asarray(rows, dtype=np.int64))
             batch: dict[str, Any] = {
                 "features": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32)),
                 "target": self.targets[idx],

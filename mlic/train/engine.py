@@ -30,11 +30,12 @@ from mlic.data.dataset import ImageDataset, build_transforms, collate_skipping
 from mlic.data.features import FeatureDataset, cached_features
 from mlic.data.sources import load_split
 from mlic.data.table import LabelledImages
-from mlic.errors import TrainingDivergedError
+from mlic.errors import BadImageError, TrainingDivergedError
 from mlic.io import append_jsonl, atomic_save_npz, atomic_write_json, read_jsonl
 from mlic.losses import create_loss
 from mlic.models import backbone_data_config, create_model
 from mlic.models.classifier import MultiLabelClassifier
+from mlic.train import distributed
 from mlic.train.checkpoint import load_checkpoint, save_checkpoint
 from mlic.train.early_stopping import EarlyStopping
 from mlic.train.ema import create_ema
@@ -73,7 +74,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Batches:
-    """One split fed either as images (end to end) or as cached backbone features (frozen backbone)."""
+    """One split fed either as images (end to end) or as cached backbone features (frozen backbone).
+
+    Batches are this process's shards of the global batches (`distributed.ShardedBatchSampler`); in a single
+    process the shard is the whole batch.
+    """
 
     def __init__(self, table: LabelledImages, *, train: bool, cfg: RunConfig, model: MultiLabelClassifier,
                  device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -91,28 +96,28 @@ class Batches:
                                     batch_size=data.eval_batch_size or data.batch_size,
                                     num_workers=data.num_workers, progress=cfg.train.progress)
             self.features = FeatureDataset(feats, table)
-        else:
+        drop_last = train and not self.frozen and len(table) > self.batch_size
+        self.sampler = distributed.ShardedBatchSampler(len(table), self.batch_size, shuffle=train, drop_last=drop_last,
+                                                       rank=distributed.rank(), world=distributed.world_size(),
+                                                       train=train)
+        if not self.frozen:
             transform = build_transforms(data.image_size, train=train, mean=mean, std=std,
                                          randaugment=data.randaugment, cutout=data.cutout, hflip=data.hflip,
                                          normalize=data.normalize) if train else eval_transform
             self.images = ImageDataset(table, transform, bad_images=data.bad_images)
             self.generator = torch.Generator()
-            self.loader = DataLoader(self.images, batch_size=self.batch_size, shuffle=train,
-                                     drop_last=train and len(table) > self.batch_size, num_workers=data.num_workers,
+            self.loader = DataLoader(self.images, batch_sampler=self.sampler, num_workers=data.num_workers,
                                      collate_fn=collate_skipping, pin_memory=device.type == "cuda",
-                                     generator=self.generator)
+                                     persistent_workers=False, generator=self.generator)
 
     def __len__(self) -> int:
-        n = len(self.table)
-        if self.train and not self.frozen and n > self.batch_size:
-            return n // self.batch_size
-        return math.ceil(n / self.batch_size)
+        return len(self.sampler)
 
     def epoch(self, seed: int) -> Iterable[dict[str, Any]]:
         """The batches of one pass; the order (train) is a function of `seed` alone."""
+        self.sampler.set_seed(seed)
         if self.frozen:
-            order = np.random.default_rng(seed).permutation(len(self.table)) if self.train else None
-            return self.features.batches(self.batch_size, order=order)
+            return self.features.batches_from(iter(self.sampler))
         self.generator.manual_seed(seed)
         return self.loader
 
@@ -162,7 +167,12 @@ class Trainer:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.init_from_env(resolve_device(cfg.train.device))
+        self.world = distributed.world_size()
+        self.main = distributed.is_main()
+        if cfg.data.batch_size % self.world:
+            raise ValueError(f"data.batch_size is the global batch: {cfg.data.batch_size} does not split evenly over "
+                             f"{self.world} processes")
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -196,18 +206,33 @@ class Trainer:
         mean, std = tuple(dcfg["mean"]), tuple(dcfg["std"])
         make = lambda table, train: Batches(table, train=train, cfg=cfg, model=self.model,  # noqa: E731
                                             device=self.device, mean=mean, std=std)
-        self.train_batches = make(self.train_table, True)
-        self.eval_batches = {s: make(t, False) for s, t in self._all_eval_tables().items()}
-        tune_on = cfg.train.threshold_split
-        if tune_on is not None and tune_on not in self.eval_batches:
-            if tune_on != data.train_split:
-                raise ValueError(f"threshold_split {tune_on!r} is neither the training split nor an evaluated split")
-            self.eval_batches[tune_on] = make(self.train_table, False)
+        with distributed.main_first():  # rank 0 writes the feature cache that the other ranks then read
+            self.train_batches = make(self.train_table, True)
+            self.eval_batches = {s: make(t, False) for s, t in self._all_eval_tables().items()}
+            tune_on = cfg.train.threshold_split
+            if tune_on is not None and tune_on not in self.eval_batches:
+                if tune_on != data.train_split:
+                    raise ValueError(f"threshold_split {tune_on!r} is neither the training split nor an evaluated "
+                                     "split")
+                self.eval_batches[tune_on] = make(self.train_table, False)
 
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.kwargs)
         if hasattr(self.loss_fn, "bind_dataset"):
             self.loss_fn.bind_dataset(self.train_table)
         self.loss_fn.to(self.device)
+        # DDP averages gradients over ranks: a loss summed over the batch needs ×world to match one process
+        self.loss_scale = float(self.world) if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0
+        self.train_model: nn.Module = self.model
+        if self.world > 1:
+            if self.cuda and cfg.train.sync_batchnorm and not m.freeze_backbone:
+                # batch statistics over the global batch, as one process would compute them (NCCL only)
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.cuda else None,
+                find_unused_parameters=cfg.train.find_unused_parameters)
+        if cfg.train.compile:
+            backend = cfg.train.compile if isinstance(cfg.train.compile, str) else "inductor"
+            self.train_model = torch.compile(self.train_model, backend=backend)
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=[self.loss_fn])
         steps = len(self.train_batches)
         if cfg.train.max_steps_per_epoch:
@@ -228,6 +253,7 @@ class Trainer:
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
         self.stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_smoothing)
         self.skipped: list[str] = []
+        self.progress = cfg.train.progress and self.main
 
     def _ema_model(self) -> nn.Module:
         """The averaged weights as a whole classifier (the shared frozen backbone plus the averaged head)."""
@@ -249,6 +275,8 @@ class Trainer:
                 "mlic_version": mlic.__version__, "weights": weights, "epoch": epoch}
 
     def _save_last(self, epoch: int) -> None:
+        if not self.main:
+            return
         payload = self._payload(self.model.state_dict(), "raw", epoch)
         payload.update({
             "optimizer": self.optimizer.state_dict(),
@@ -275,7 +303,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         history = read_jsonl(self.run_dir / "metrics.jsonl")
         kept = [row for row in history if row["epoch"] < self.start_epoch]
-        if len(kept) != len(history):  # epochs after the checkpoint were never saved: drop their rows
+        if len(kept) != len(history) and self.main:  # epochs after the checkpoint were never saved: drop their rows
             (self.run_dir / "metrics.jsonl").unlink()
             for row in kept:
                 append_jsonl(self.run_dir / "metrics.jsonl", row)
@@ -288,15 +316,18 @@ class Trainer:
         if self.cfg.model.freeze_backbone:
             self.model.backbone.eval()
         epoch_seed = self.cfg.train.seed * 1_000_003 + epoch
-        torch.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed + 7919 * distributed.rank())  # augmentation draws differ between ranks
         total, count = 0.0, 0
         bar = tqdm(self.train_batches.epoch(epoch_seed), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}",
-                   leave=False, disable=not self.cfg.train.progress, mininterval=1.0)
+                   leave=False, disable=not self.progress, mininterval=1.0)
         for step, batch in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
             self.skipped.extend(batch["skipped"])
             if "target" not in batch:
+                if self.world > 1:  # skipping the step on one rank only would hang the others in DDP's all-reduce
+                    raise BadImageError(f"every image of a batch shard on rank {distributed.rank()} is unreadable "
+                                        f"({batch['skipped'][:3]}...); fix or remove them, or train in one process")
                 continue
             loss = self.train_step(batch)
             if not math.isfinite(loss):
@@ -312,14 +343,17 @@ class Trainer:
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits, aux_losses = _inputs(self.model, batch, self.device, self.channels_last, with_aux_loss=True)
+            logits, aux_losses = _inputs(self.train_model, batch, self.device, self.channels_last,
+                                         with_aux_loss=True)
         loss = self.loss_fn(logits.float(), **_loss_targets(batch, self.device, self.loss_fn))
         for aux in aux_losses.values():  # heads' own weighted terms, e.g. MoE load balancing
             loss = loss + aux.float()
         return loss
 
     def _backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.loss_scale).backward()
+        if self.world > 1:  # parameters outside the DDP wrapper (a loss's own, e.g. ROLE's estimator)
+            distributed.average_gradients([p for p in self.loss_fn.parameters() if p.requires_grad])
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -331,7 +365,7 @@ class Trainer:
         perturbed weights whose gradients the base optimiser applies.
         """
         loss = self._loss(batch)
-        value = float(loss.detach())
+        value = distributed.mean_over_ranks(float(loss.detach()))  # every rank sees the same value (and NaN)
         if not math.isfinite(value):
             return value
         self.optimizer.zero_grad(set_to_none=True)
@@ -378,7 +412,19 @@ class Trainer:
                 indices.append(batch["index"].numpy())
         finally:
             model.train(was_training)
-        return np.concatenate(scores), np.concatenate(targets).astype(np.uint8), np.concatenate(indices)
+        num_classes = len(self.class_names)
+        local = (_stack(scores, (0, num_classes), np.float32), _stack(targets, (0, num_classes), np.float32),
+                 _stack(indices, (0,), np.int64), {k: np.concatenate(v) for k, v in (aux or {}).items()})
+        if self.world == 1:
+            parts = [local]
+        else:  # every rank gets the whole split's scores, in table order, so every rank takes the same decisions
+            parts = distributed.all_gather_objects(local)
+        order = np.argsort(np.concatenate([p[2] for p in parts]), kind="stable")
+        if aux is not None:
+            for key in list(aux):
+                aux[key] = [np.concatenate([p[3][key] for p in parts if key in p[3]])[order]]
+        return (np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
+                .astype(np.uint8), np.concatenate([p[2] for p in parts])[order])
 
     def score(self, model: nn.Module, split: str) -> dict[str, float]:
         """The selection and report metrics of `model` on `split`."""
@@ -388,13 +434,16 @@ class Trainer:
     # ----------------------------------------------------------------- the run
     def fit(self) -> RunResult:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         last = self.run_dir / "checkpoints" / "last.pt"
         if cfg.train.resume and last.exists():
             self._restore(last)
-        elif (self.run_dir / "metrics.jsonl").exists():
+        elif (self.run_dir / "metrics.jsonl").exists() and self.main:
             (self.run_dir / "metrics.jsonl").unlink()
-        cfg.to_yaml(self.run_dir / "config.yaml")
+        if self.main:
+            cfg.to_yaml(self.run_dir / "config.yaml")
         log.info("run %s: %d train images, %d classes, device %s, %s", self.run_dir, len(self.train_table),
                  len(self.class_names), self.device, "frozen backbone" if cfg.model.freeze_backbone else "end to end")
         val_split = cfg.data.val_split
@@ -418,10 +467,12 @@ class Trainer:
             row["skipped_images"] = len(self.skipped)
             if row[f"val_{metric}"] > self.best["score"]:
                 self.best = {"score": row[f"val_{metric}"], "epoch": epoch, "weights": chosen}
-                save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
-                                self._payload(candidates[chosen].state_dict(), chosen, epoch))
+                if self.main:
+                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
+                                    self._payload(candidates[chosen].state_dict(), chosen, epoch))
             stop = self.stopper.update(row[f"val_{metric}"])
-            append_jsonl(self.run_dir / "metrics.jsonl", row)
+            if self.main:
+                append_jsonl(self.run_dir / "metrics.jsonl", row)
             self._save_last(epoch)
             log.info("epoch %d: loss %.4f, val %s %.2f (%s)", epoch + 1, row["train_loss"], metric,
                      row[f"val_{metric}"], chosen)
@@ -432,34 +483,40 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> RunResult:
-        """Evaluate the best weights on every split, save predictions and `final.json`."""
+        """Evaluate the best weights on every split, save predictions and `final.json` (rank 0 writes)."""
+        distributed.barrier()  # rank 0 has written best.pt
         best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["state_dict"])
         recorded: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in self.eval_batches}
         predictions = {split: self.predict(self.model, split, aux=recorded[split]) for split in self.eval_batches}
+        skipped = sorted({path for part in distributed.all_gather_objects(self.skipped) for path in part})
         thresholds = None
         if self.cfg.train.threshold_split is not None:
             scores, targets, _ = predictions[self.cfg.train.threshold_split]
             thresholds = metrics.tune_thresholds(scores, targets)
+        if self.main and thresholds is not None:
             atomic_write_json(self.run_dir / "thresholds.json",
                               {"split": self.cfg.train.threshold_split,
                                "thresholds": dict(zip(self.class_names, thresholds.tolist()))})
         results: dict[str, dict[str, float]] = {}
         for split, (scores, targets, idx) in predictions.items():
             results[split] = split_metrics(scores, targets, thresholds)
+            if not self.main:
+                continue
             ids = np.asarray([self.eval_batches[split].table.image_ids[i] for i in idx])
             extra = {f"aux_{key}": np.concatenate(parts) for key, parts in recorded[split].items()}
             atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
                             image_ids=ids, class_names=np.asarray(self.class_names), **extra)
+        distributed.barrier()  # rank 0 finished metrics.jsonl
         history = read_jsonl(self.run_dir / "metrics.jsonl")
-        final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
-                 "epochs_run": len(history), "skipped_images": sorted(set(self.skipped)),
-                 "class_names": list(self.class_names), "mlic_version": mlic.__version__}
-        atomic_write_json(self.run_dir / "final.json", final)
-        if self.skipped:
-            log.warning("%d unreadable image(s) were skipped; listed in final.json", len(set(self.skipped)))
-        return RunResult(self.run_dir, results, int(best["epoch"]), best["weights"], history,
-                         len(set(self.skipped)))
+        if self.main:
+            final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
+                     "epochs_run": len(history), "skipped_images": skipped, "class_names": list(self.class_names),
+                     "processes": self.world, "mlic_version": mlic.__version__}
+            atomic_write_json(self.run_dir / "final.json", final)
+            if skipped:
+                log.warning("%d unreadable image(s) were skipped; listed in final.json", len(skipped))
+        return RunResult(self.run_dir, results, int(best["epoch"]), best["weights"], history, len(skipped))
 
 
 def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
@@ -471,6 +528,11 @@ def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarra
         adaptive = metrics.evaluate(scores, targets, thresholds=thresholds)
         result.update({f"{k}_adaptive": adaptive[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")})
     return result
+
+
+def _stack(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Concatenate batch arrays; an empty array of `empty_shape` when a rank had no rows."""
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype=dtype)
 
 
 def _limit(table: LabelledImages, n: int | None) -> LabelledImages:
