@@ -90,3 +90,11 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(mode: st
     state = load_checkpoint(tmp_path / "two" / "checkpoints" / "best.pt")
     assert not any(key.startswith("module.") for key in state["state_dict"])
     assert proc.stdout.count('"run_dir"') == 1  # one process prints the result
+    if mode == "frozen":  # resume under torchrun reads last.pt on rank 0 and sends it: a finished run stays put
+        rows = read_jsonl(tmp_path / "two" / "metrics.jsonl")
+        two.updated({"train.resume": True}).to_yaml(tmp_path / "two.yaml")
+        proc = _torchrun(tmp_path / "two.yaml", 2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert read_jsonl(tmp_path / "two" / "metrics.jsonl") == rows
+        again = json.loads((tmp_path / "two" / "final.json").read_text())
+        assert again["metrics"]["test"]["mAP"] == pytest.approx(final["metrics"]["test"]["mAP"], abs=1e-6)

@@ -287,3 +287,9 @@ def test_compiled_training_forward_matches_eager(scenes_root: Path, tmp_path: Pa
     compiled = fit(tiny_config(scenes_root, tmp_path / "compiled", **over, **{"train.compile": "eager"}))
     for split, values in eager.metrics.items():
         assert compiled.metrics[split]["mAP"] == pytest.approx(values["mAP"], abs=1e-3)
+
+
+def test_resume_refuses_a_different_number_of_epochs(tiny_cfg: RunConfig) -> None:
+    fit(tiny_cfg)
+    with pytest.raises(ValueError, match="planned for 2 epochs, the config asks for 3"):
+        fit(tiny_cfg.updated({"train.epochs": 3, "train.resume": True}))

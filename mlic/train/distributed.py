@@ -76,16 +76,30 @@ def barrier() -> None:
         dist.barrier()
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_initialized() else 0
+
+
 @contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. writing a feature cache), the others after it, reading what it wrote."""
-    if not is_main():
+def local_main_first() -> Iterator[None]:
+    """Each machine's first process runs the block first (e.g. writing a feature cache to its disk), the machine's
+    other processes after it, reading what it wrote."""
+    if local_rank() != 0:
         barrier()
     try:
         yield
     finally:
-        if is_main():
+        if local_rank() == 0:
             barrier()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (files rank 0 wrote need not be visible to other machines)."""
+    if not is_initialized():
+        return value
+    box = [value if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_gather_objects(value: Any) -> list[Any]:

@@ -206,7 +206,7 @@ class Trainer:
         mean, std = tuple(dcfg["mean"]), tuple(dcfg["std"])
         make = lambda table, train: Batches(table, train=train, cfg=cfg, model=self.model,  # noqa: E731
                                             device=self.device, mean=mean, std=std)
-        with distributed.main_first():  # rank 0 writes the feature cache that the other ranks then read
+        with distributed.local_main_first():  # one process per machine writes the feature cache, the others read it
             self.train_batches = make(self.train_table, True)
             self.eval_batches = {s: make(t, False) for s, t in self._all_eval_tables().items()}
             tune_on = cfg.train.threshold_split
@@ -290,7 +290,13 @@ class Trainer:
         save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
 
     def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+        # rank 0 reads and sends: the other machines need not see the run folder
+        state = distributed.broadcast_from_main(load_checkpoint(path, map_location="cpu") if self.main else None)
+        planned = state["config"]["train"]["epochs"]
+        if planned != self.cfg.train.epochs:
+            raise ValueError(f"{path} belongs to a run planned for {planned} epochs, the config asks for "
+                             f"{self.cfg.train.epochs}: resume continues the same schedule. Start a new run "
+                             "(output_dir) to train longer.")
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -301,9 +307,11 @@ class Trainer:
         self.best = dict(state["best"])
         self.stopper.load_state_dict(state["early_stopping"])
         self.start_epoch = int(state["epoch"]) + 1
+        if not self.main:
+            return
         history = read_jsonl(self.run_dir / "metrics.jsonl")
         kept = [row for row in history if row["epoch"] < self.start_epoch]
-        if len(kept) != len(history) and self.main:  # epochs after the checkpoint were never saved: drop their rows
+        if len(kept) != len(history):  # epochs after the checkpoint were never saved: drop their rows
             (self.run_dir / "metrics.jsonl").unlink()
             for row in kept:
                 append_jsonl(self.run_dir / "metrics.jsonl", row)
@@ -436,9 +444,8 @@ class Trainer:
         cfg = self.cfg
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
         last = self.run_dir / "checkpoints" / "last.pt"
-        if cfg.train.resume and last.exists():
+        if distributed.broadcast_from_main(cfg.train.resume and last.exists()):
             self._restore(last)
         elif (self.run_dir / "metrics.jsonl").exists() and self.main:
             (self.run_dir / "metrics.jsonl").unlink()
@@ -484,8 +491,9 @@ class Trainer:
 
     def finish(self) -> RunResult:
         """Evaluate the best weights on every split, save predictions and `final.json` (rank 0 writes)."""
-        distributed.barrier()  # rank 0 has written best.pt
-        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location=self.device)
+        # rank 0 reads best.pt and sends it: other machines need not share the run folder's disk
+        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location="cpu") if self.main else None
+        best = distributed.broadcast_from_main(best)
         self.model.load_state_dict(best["state_dict"])
         recorded: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in self.eval_batches}
         predictions = {split: self.predict(self.model, split, aux=recorded[split]) for split in self.eval_batches}
@@ -507,8 +515,7 @@ class Trainer:
             extra = {f"aux_{key}": np.concatenate(parts) for key, parts in recorded[split].items()}
             atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
                             image_ids=ids, class_names=np.asarray(self.class_names), **extra)
-        distributed.barrier()  # rank 0 finished metrics.jsonl
-        history = read_jsonl(self.run_dir / "metrics.jsonl")
+        history = distributed.broadcast_from_main(read_jsonl(self.run_dir / "metrics.jsonl") if self.main else None)
         if self.main:
             final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
                      "epochs_run": len(history), "skipped_images": skipped, "class_names": list(self.class_names),
