@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not suite.exists():
         raise SystemExit(f"no suite {args.suite!r}: expected a YAML file or notebooks/suites/{args.suite}.yaml")
     result = run_suite(suite, reports_dir=args.reports, notebooks_dir=args.notebooks, force=args.force,
-                       only=args.only or None, kernel_name=args.kernel, overrides=parse_set(args.set))
+                       only=args.only or None, kernel_name=args.kernel, overrides=parse_set(args.set),
+                       workers=args.workers)
     print(f"report: {result.suite_dir / 'index.md'} (and index.html); {len(result.succeeded)} ran, "
           f"{len(result.skipped)} already done, {len(result.failed)} failed")
     for name in result.failed:
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun notebooks that already succeeded")
     p.add_argument("--only", action="append", default=[], help="run only runs whose name starts with this")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name")
+    p.add_argument("--workers", type=int, default=1,
+                   help="notebooks executed at once (each in its own kernel; summaries run after the others)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="parameter given to every notebook of the suite (repeatable)")
     p.set_defaults(func=cmd_run)

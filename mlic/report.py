@@ -20,6 +20,8 @@ Suite YAML::
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import html
 import importlib.metadata
 import itertools
@@ -131,11 +133,12 @@ class SuiteResult:
 
 def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", notebooks_dir: str | Path | None = None,
               force: bool = False, only: list[str] | None = None, kernel_name: str = "python3",
-              overrides: dict[str, Any] | None = None, progress: bool = True) -> SuiteResult:
+              overrides: dict[str, Any] | None = None, progress: bool = True, workers: int = 1) -> SuiteResult:
     """Execute a suite's notebooks with papermill into `reports_dir/<suite>/<run>/`, then write the index.
 
     A failing notebook is recorded (failing cell, error) and the others still run; a run whose `status.json` says
-    it succeeded is skipped unless `force`.
+    it succeeded is skipped unless `force`. With `workers > 1` that many notebooks run at once (each in its own
+    kernel); notebooks that summarise the suite (a `suite_dir` parameter) run after all the others.
     """
     import papermill as pm
 
@@ -146,41 +149,63 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     notebooks = Path(notebooks_dir) if notebooks_dir else suite_file.parent.parent
     suite_dir = Path(reports_dir) / name
     suite_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     done, failed, skipped = [], [], []
-    for run in tqdm(runs, desc=f"suite {name}", disable=not progress):
-        run_dir = suite_dir / run.name
-        status_file = run_dir / STATUS_FILE
+    todo = []
+    for run in runs:
+        status_file = suite_dir / run.name / STATUS_FILE
         if not force and status_file.exists() and json.loads(status_file.read_text()).get("status") == "ok":
             skipped.append(run.name)
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        params = {**run.parameters, **(overrides or {}), "output_dir": str(run_dir.resolve())}
-        source = notebooks / run.notebook
-        if source.exists() and "suite_dir" in pm.inspect_notebook(str(source)):
-            params["suite_dir"] = str(suite_dir.resolve())  # notebooks that summarise the suite's other runs
-        started = time.perf_counter()
-        status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
-        try:
-            pm.execute_notebook(str(source), str(run_dir / Path(run.notebook).name), parameters=params,
-                                kernel_name=kernel_name, cwd=str(Path.cwd()), progress_bar=False)
-            status["status"] = "ok"
-            done.append(run.name)
-        except pm.PapermillExecutionError as err:
-            status.update(status="failed", error=f"{err.ename}: {err.evalue}", cell=err.exec_count,
-                          source=err.source[-2000:])
-            failed.append(run.name)
-            log.error("%s failed in cell %s: %s: %s", run.name, err.exec_count, err.ename, err.evalue)
-        except Exception as err:  # a notebook that cannot start (bad JSON, missing kernel) must not stop the suite
-            status.update(status="failed", error=f"{type(err).__name__}: {err}", cell=None, source="")
-            failed.append(run.name)
-            log.error("%s could not run: %s", run.name, err)
-        status["seconds"] = round(time.perf_counter() - started, 2)
-        atomic_write_json(status_file, status)
-    write_index(suite_dir)
+        else:
+            todo.append(run)
+    summaries = [r for r in todo if (notebooks / r.notebook).exists()
+                 and "suite_dir" in pm.inspect_notebook(str(notebooks / r.notebook))]
+    phases = [[r for r in todo if r not in summaries], summaries]
+    execute = functools.partial(_execute_run, suite_dir=suite_dir, notebooks=notebooks, kernel_name=kernel_name,
+                                overrides=overrides or {})
+    with tqdm(total=len(todo), desc=f"suite {name}", disable=not progress) as bar:
+        for phase in phases:
+            with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+                for run, ok in zip(phase, pool.map(execute, phase)):
+                    (done if ok else failed).append(run.name)
+                    bar.update()
+    order = {r.name: i for i, r in enumerate(runs)}
+    done.sort(key=order.get)
+    failed.sort(key=order.get)
+    write_index(suite_dir, wall_seconds=time.perf_counter() - started)
     return SuiteResult(suite_dir, done, failed, skipped)
 
 
-_UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress"}
+def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name: str,
+                 overrides: dict[str, Any]) -> bool:
+    """Execute one run's notebook into its folder and write its `status.json`; True when it succeeded."""
+    import papermill as pm
+
+    run_dir = suite_dir / run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {**run.parameters, **overrides, "output_dir": str(run_dir.resolve())}
+    source = notebooks / run.notebook
+    if source.exists() and "suite_dir" in pm.inspect_notebook(str(source)):
+        params["suite_dir"] = str(suite_dir.resolve())  # notebooks that summarise the suite's other runs
+    started = time.perf_counter()
+    status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
+    try:
+        pm.execute_notebook(str(source), str(run_dir / Path(run.notebook).name), parameters=params,
+                            kernel_name=kernel_name, cwd=str(Path.cwd()), progress_bar=False)
+        status["status"] = "ok"
+    except pm.PapermillExecutionError as err:
+        status.update(status="failed", error=f"{err.ename}: {err.evalue}", cell=err.exec_count,
+                      source=err.source[-2000:])
+        log.error("%s failed in cell %s: %s: %s", run.name, err.exec_count, err.ename, err.evalue)
+    except Exception as err:  # a notebook that cannot start (bad JSON, missing kernel) must not stop the suite
+        status.update(status="failed", error=f"{type(err).__name__}: {err}", cell=None, source="")
+        log.error("%s could not run: %s", run.name, err)
+    status["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    return status["status"] == "ok"
+
+
+_UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress", "suite_dir"}
 
 
 def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame:
@@ -231,8 +256,11 @@ _OVERVIEW_COLUMNS = ("run", "notebook", "status", "seconds", "seed", "test/mAP",
                      "test_shift/CF1", "test/OF1", "test_shift/OF1")
 
 
-def write_index(suite_dir: str | Path) -> Path:
-    """Write `index.md` and `index.html` for a suite folder; returns the markdown path."""
+def write_index(suite_dir: str | Path, *, wall_seconds: float | None = None) -> Path:
+    """Write `index.md` and `index.html` for a suite folder; returns the markdown path.
+
+    `timings.json` lists each run's seconds, their sum, and (from `run_suite`) the wall time of the last call.
+    """
     suite_dir = Path(suite_dir)
     summary = collect(suite_dir)
     md = [f"# Report: {suite_dir.name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
@@ -255,7 +283,10 @@ def write_index(suite_dir: str | Path) -> Path:
         md.append("")
         body.append("</ul>")
     timings = {row["run"]: row["seconds"] for _, row in summary.iterrows()} if not summary.empty else {}
-    atomic_write_json(suite_dir / "timings.json", {"runs": timings, "total_seconds": sum(timings.values())})
+    if wall_seconds is None and (suite_dir / "timings.json").exists():  # `mlic report` keeps the run's wall time
+        wall_seconds = json.loads((suite_dir / "timings.json").read_text()).get("wall_seconds_last_call")
+    atomic_write_json(suite_dir / "timings.json", {"runs": timings, "total_seconds": sum(timings.values()),
+                                                    "wall_seconds_last_call": wall_seconds})
     for run_dir in sorted(p.parent for p in suite_dir.glob(f"*/{STATUS_FILE}")):
         md_run, html_run = _run_section(suite_dir, run_dir)
         md += md_run

@@ -89,8 +89,32 @@ def test_suite_records_a_failure_keeps_the_other_result_and_skips_on_rerun(tmp_p
     assert (result.suite_dir / "index.html").exists() and (result.suite_dir / "timings.json").exists()
 
     again = run_suite(nbs / "suites" / "mini.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
-                      progress=False)
+                      progress=False, workers=2)
     assert again.skipped == ["good__value-1", "good__value-2"] and again.failed == ["bad"]
+    timings = json.loads((result.suite_dir / "timings.json").read_text())
+    assert set(timings["runs"]) == {"bad", "good__value-1", "good__value-2"} and timings["wall_seconds_last_call"] > 0
+
+
+def test_parallel_workers_run_every_notebook_and_summaries_last(tmp_path: Path) -> None:
+    nbs = tmp_path / "notebooks"
+    (nbs / "suites").mkdir(parents=True)
+    _write_notebook(nbs / "good.ipynb", "import time; time.sleep(1)\n"
+                                        "mlic.report.record(output_dir, metrics={'test': {'mAP': 10.0 * value}})")
+    summary = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                    "language": "python"}})
+    params = new_code_cell("output_dir: str = 'x'\nsuite_dir: str = ''")
+    params.metadata["tags"] = ["parameters"]
+    summary.cells = [new_code_cell("import mlic"), params, new_code_cell(
+        "frame = mlic.report.collect(suite_dir, prefix='good')\n"
+        "mlic.report.record(output_dir, metrics={'seen': {'runs': float(len(frame))}})")]
+    nbformat.write(summary, nbs / "summary.ipynb")
+    (nbs / "suites" / "par.yaml").write_text(
+        "name: par\nentries:\n  - notebook: summary.ipynb\n  - notebook: good.ipynb\n    grid: {value: [1, 2, 3]}\n")
+    result = run_suite(nbs / "suites" / "par.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
+                       progress=False, workers=3)
+    assert not result.failed and result.succeeded == ["summary", "good__value-1", "good__value-2", "good__value-3"]
+    seen = json.loads((result.suite_dir / "summary" / "results.json").read_text())
+    assert seen["metrics"]["seen"]["runs"] == 3.0  # the summary ran after all three grid points
 
 
 def test_aam_sweeps_summarise_a_suite_of_grid_runs(scenes_root: Path, tmp_path: Path) -> None:
