@@ -1,0 +1,70 @@
+"""The co-occurrence-shift study's tables: drops per method and per label against independent computations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score
+
+from mlic import shift
+from mlic.config import RunConfig
+from mlic.io import atomic_save_npz
+
+
+def _predictions(run_dir: Path, split: str, scores: np.ndarray, targets: np.ndarray) -> None:
+    atomic_save_npz(run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets.astype(np.uint8),
+                    image_ids=np.arange(len(scores)), class_names=np.asarray(["a", "b", "c"]))
+
+
+def test_drop_table_measures_points_and_share() -> None:
+    frame = pd.DataFrame({"method": ["x", "y"], "mAP_test": [80.0, 60.0], "mAP_test_shift": [40.0, 54.0]})
+    out = shift.drop_table(frame).set_index("method")
+    assert out.loc["x", "drop"] == 40.0 and out.loc["x", "relative_drop"] == 0.5
+    assert out.loc["y", "drop"] == pytest.approx(6.0) and list(out.index) == ["y", "x"]  # smallest drop first
+
+
+def test_label_drop_equals_sklearn_ap_differences(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    runs = {}
+    expected = {}
+    for name in ("m1", "m2"):
+        run = tmp_path / name
+        per_split = {}
+        for split in shift.SPLITS:
+            targets = rng.random((40, 3)) < 0.4
+            targets[0] = True  # every label has a positive
+            scores = np.clip(targets * 0.3 + rng.random((40, 3)), 0, 1).astype(np.float32)
+            _predictions(run, split, scores, targets)
+            per_split[split] = [100 * average_precision_score(targets[:, c], scores[:, c]) for c in range(3)]
+        runs[name] = run
+        expected[name] = np.subtract(per_split["test"], per_split["test_shift"])
+    drops = shift.label_drop(runs)
+    assert list(drops.columns) == ["a", "b", "c"] and list(drops.index) == ["m1", "m2"]
+    for name in runs:
+        np.testing.assert_allclose(drops.loc[name].to_numpy(), expected[name], atol=1e-8)
+
+
+def test_drop_vs_energy_reports_the_rank_correlation() -> None:
+    drops = pd.DataFrame({"method": list("abcd"), "drop": [30.0, 10.0, 20.0, 5.0]})
+    energy = pd.DataFrame({"method": list("abcde"), "companion_energy": [0.5, 0.2, 0.1, 0.05, 0.9]})
+    joined = shift.drop_vs_energy(drops, energy)
+    assert sorted(joined["method"]) == list("abcd")  # only methods with both numbers
+    assert joined.attrs["spearman"] == pytest.approx(spearmanr([30, 10, 20, 5], [0.5, 0.2, 0.1, 0.05])[0])
+
+
+def test_long_label_table_pairs_drop_and_energy_per_method_and_label() -> None:
+    drops = pd.DataFrame({"a": [1.0, 2.0], "b": [np.nan, 4.0]}, index=["m1", "m2"])
+    energy = pd.DataFrame({"a": [0.1, 0.2], "b": [0.3, 0.4]}, index=["m1", "m2"])
+    out = shift.long_label_table(drops, energy)
+    assert set(zip(out["method"], out["label"])) == {("m1", "a"), ("m2", "a"), ("m2", "b")}  # NaN AP dropped
+    assert out.set_index(["method", "label"]).loc[("m2", "b"), "companion_energy"] == 0.4
+
+
+def test_unknown_methods_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown method.*'nope'"):
+        shift.train_methods(RunConfig(), ["baseline", "nope"])
+    assert set(shift.list_methods()) >= {"baseline", "aam", "cpsd", "moe_dynamic", "single_positive_role"}
