@@ -22,8 +22,9 @@ scenes: $(SCENES)
 
 ## make run: the quick suite of notebooks on the Scenes benchmark → reports/quick/index.md (+ index.html)
 run: $(SCENES)
-	$(VENV)/bin/mlic run quick
-	@echo "Report: $(CURDIR)/reports/quick/index.md and index.html"
+	@$(VENV)/bin/mlic run quick; status=$$?; \
+	echo "Report: $(CURDIR)/reports/quick/index.md and index.html (timings: reports/quick/timings.json)"; \
+	exit $$status
 
 ## make test: the test suite (unit, notebooks under papermill, distributed)
 test: $(STAMP)
