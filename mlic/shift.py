@@ -129,3 +129,29 @@ def long_label_table(drops: pd.DataFrame, energy: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat([left, right], axis=1, join="inner").reset_index()
     out.columns = ["method", "label", "drop", "companion_energy"]
     return out[np.isfinite(out["drop"]) & np.isfinite(out["companion_energy"])].reset_index(drop=True)
+
+
+def companion_energy(pointing: pd.DataFrame, *, split: str = "test") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From `mlic.explain.score_models`' rows (one per model, image, positive label): per method the mean
+    `companion_energy`, `energy` (on the label's own boxes) and pointing-game `hit` rate, over pairs whose image has
+    other objects; and a method × label table of mean companion energy."""
+    rows = pointing[(pointing["split"] == split) & (pointing["companions"] > 0)]
+    per_method = (rows.groupby("model")[["companion_energy", "energy", "hit"]].mean().reset_index()
+                  .rename(columns={"model": "method", "hit": "pointing"}))
+    per_label = rows.pivot_table(index="model", columns="class", values="companion_energy", aggfunc="mean")
+    per_label.index.name = None
+    per_label.columns.name = None
+    return per_method, per_label
+
+
+def summary_metrics(joined: pd.DataFrame, *, splits: Sequence[str] = SPLITS) -> dict[str, dict[str, float]]:
+    """Headline numbers of a `drop_vs_energy` table for `mlic.report.record`: per method the mAP on both splits,
+    the drop, the companion energy and the pointing rate; plus the rank correlation across methods."""
+    out: dict[str, dict[str, float]] = {}
+    for _, row in joined.iterrows():
+        out[str(row["method"])] = {f"{splits[0]}_mAP": float(row[f"mAP_{splits[0]}"]),
+                                   f"{splits[1]}_mAP": float(row[f"mAP_{splits[1]}"]), "drop": float(row["drop"]),
+                                   "companion_energy": float(row["companion_energy"]),
+                                   "pointing": float(row["pointing"])}
+    out["correlation"] = {"spearman_drop_vs_companion_energy": float(joined.attrs.get("spearman", float("nan")))}
+    return out

@@ -68,3 +68,25 @@ def test_unknown_methods_are_named() -> None:
     with pytest.raises(ValueError, match="unknown method.*'nope'"):
         shift.train_methods(RunConfig(), ["baseline", "nope"])
     assert set(shift.list_methods()) >= {"baseline", "aam", "cpsd", "moe_dynamic", "single_positive_role"}
+
+
+def test_companion_energy_averages_pairs_with_companions_only() -> None:
+    pointing = pd.DataFrame({
+        "model": ["a", "a", "a", "b"], "split": ["test", "test", "test_shift", "test"],
+        "class": ["x", "y", "x", "x"], "companions": [1, 0, 2, 3],
+        "companion_energy": [0.4, 0.9, 0.1, 0.2], "energy": [0.5, 0.1, 0.8, 0.7], "hit": [True, False, True, False],
+    })
+    per_method, per_label = shift.companion_energy(pointing)
+    a = per_method.set_index("method").loc["a"]
+    assert a["companion_energy"] == 0.4 and a["energy"] == 0.5 and a["pointing"] == 1.0  # the 0-companion pair is out
+    assert per_label.loc["b", "x"] == 0.2 and "y" not in per_label.columns
+
+
+def test_summary_metrics_carry_each_method_and_the_correlation() -> None:
+    drops = shift.drop_table(pd.DataFrame({"method": list("abc"), "mAP_test": [80.0, 70.0, 60.0],
+                                           "mAP_test_shift": [30.0, 40.0, 50.0]}))
+    energy = pd.DataFrame({"method": list("abc"), "companion_energy": [0.3, 0.2, 0.1], "pointing": [0.5, 0.6, 0.7]})
+    out = shift.summary_metrics(shift.drop_vs_energy(drops, energy))
+    assert out["a"] == {"test_mAP": 80.0, "test_shift_mAP": 30.0, "drop": 50.0, "companion_energy": 0.3,
+                        "pointing": 0.5}
+    assert out["correlation"]["spearman_drop_vs_companion_energy"] == pytest.approx(1.0)

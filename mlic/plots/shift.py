@@ -2,4 +2,70 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+__all__ = ["shift_drops", "label_drop_heatmap", "drop_vs_companion_energy", "label_drop_vs_companion_energy"]
+
+
+def shift_drops(drops: pd.DataFrame, *, metric: str = "mAP", splits: tuple[str, str] = ("test", "test_shift")
+                ) -> Figure:
+    """Per method: `metric` on both splits side by side, the drop written above each pair (smallest drop left)."""
+    long = drops.melt(id_vars="method", value_vars=[f"{metric}_{s}" for s in splits], var_name="split",
+                      value_name=metric)
+    long["split"] = long["split"].str.removeprefix(f"{metric}_")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(drops) + 2), 4.2))
+    sns.barplot(long, x="method", y=metric, hue="split", order=list(drops["method"]), ax=ax)
+    top = drops[[f"{metric}_{s}" for s in splits]].max(axis=1).to_numpy()
+    for i, (drop, height) in enumerate(zip(drops["drop"], top)):
+        ax.text(i, height + 1, f"−{drop:.1f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, min(100.0, float(np.nanmax(top)) + 10))
+    ax.set_xlabel("")
+    ax.set_title(f"{metric} on {splits[0]} vs {splits[1]}: the drop when co-occurrence cues are gone")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def label_drop_heatmap(label_drop: pd.DataFrame, *, title: str = "AP drop per label (test − test_shift, points)"
+                       ) -> Figure:
+    """Methods (rows) × labels (columns) of AP drop, diverging around zero."""
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * label_drop.shape[1] + 3), 0.45 * label_drop.shape[0] + 2))
+    limit = float(np.nanmax(np.abs(label_drop.to_numpy()))) or 1.0
+    sns.heatmap(label_drop, cmap="RdBu_r", center=0, vmin=-limit, vmax=limit, ax=ax,
+                cbar_kws={"label": "AP drop"})
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def drop_vs_companion_energy(joined: pd.DataFrame) -> Figure:
+    """Per method: mAP drop against the mean share of CAM energy on co-occurring objects (one point per method)."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.5))
+    ax.scatter(100 * joined["companion_energy"], joined["drop"], s=40)
+    for _, row in joined.iterrows():
+        ax.annotate(str(row["method"]), (100 * row["companion_energy"], row["drop"]), fontsize=8,
+                    xytext=(4, 3), textcoords="offset points")
+    rho = joined.attrs.get("spearman", float("nan"))
+    ax.set_xlabel("CAM energy on the image's other objects (%, test)")
+    ax.set_ylabel("mAP drop (test − test_shift)")
+    ax.set_title(f"Looking at the company vs losing it under shift (Spearman ρ = {rho:.2f})")
+    fig.tight_layout()
+    return fig
+
+
+def label_drop_vs_companion_energy(long: pd.DataFrame) -> Figure:
+    """Per (method, label): AP drop against the label's CAM energy on companions, coloured by method."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    sns.scatterplot(long.assign(companion_energy=100 * long["companion_energy"]), x="companion_energy", y="drop",
+                    hue="method", ax=ax, s=30)
+    rho = long["drop"].rank().corr(long["companion_energy"].rank()) if len(long) > 2 else float("nan")
+    ax.set_xlabel("CAM energy on the image's other objects (%, test)")
+    ax.set_ylabel("AP drop (points)")
+    ax.set_title(f"Per label and method (Spearman ρ = {rho:.2f})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
