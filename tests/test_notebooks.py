@@ -28,6 +28,7 @@ TINY: dict[str, dict] = {
     "04_cpsd.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},
     "05_moe.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0], "hidden_dim": 16, "dim_feedforward": 32,
                      "expert_hidden": 16, "shown_images": 50},
+    "07_single_positive.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0]},
     "08_thresholds.ipynb": {**_TINY_MODEL, "epochs": 2},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}

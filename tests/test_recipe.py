@@ -129,3 +129,32 @@ def test_ml_decoder_cosine_option_gives_scaled_cosines_of_group_embeddings() -> 
     expected = torch.stack([23.0 * (g[:, c // 2] @ w[c // 2, :, c % 2]) for c in range(6)], dim=1)
     torch.testing.assert_close(head(feats), expected)
     assert head(feats).abs().max() <= 23.0 + 1e-5
+
+
+def test_single_positive_recipes_follow_the_reference() -> None:
+    assert {"spml_linear", "spml_linear_role", "spml_finetune"} <= set(list_recipes())
+    linear = apply_recipe(RunConfig(), "spml_linear")
+    assert (linear.optim.name, linear.optim.lr, linear.data.batch_size, linear.train.epochs) == ("adam", 1e-4, 8, 25)
+    assert linear.optim.scheduler == "constant" and linear.optim.weight_decay == 0.0 and linear.train.ema_decay is None
+    assert linear.model.freeze_backbone and linear.data.hflip and not linear.data.randaugment
+    assert linear.loss.name == "an_ls" and linear.data.partial == {"mode": "single_positive", "seed": 1200}
+    role = apply_recipe(RunConfig(), "spml_linear_role")
+    assert (role.loss.name, role.optim.lr, role.data.batch_size) == ("role", 1e-3, 16)
+    assert role.loss.kwargs["lr_mult"] == 10.0
+    tune = apply_recipe(RunConfig(), "spml_finetune")
+    assert not tune.model.freeze_backbone and tune.train.epochs == 10 and tune.data.partial is not None
+
+
+@pytest.mark.slow
+def test_spml_recipe_trains_on_single_positives_and_evaluates_on_full_labels(tiny_cfg: RunConfig) -> None:
+    cfg = apply_recipe(tiny_cfg, "spml_linear").updated({"train.epochs": 2, "model.freeze_backbone": False,
+                                                         "data.batch_size": 16, "optim.lr": 1e-3})
+    result = fit(cfg)
+    run = Path(cfg.output_dir)
+    assert RunConfig.from_yaml(run / "config.yaml").data.partial == {"mode": "single_positive", "seed": 1200}
+    test = np.load(run / "predictions" / "test.npz")
+    assert test["targets"].sum(axis=1).mean() > 1.5  # evaluated on the full labels, not on one positive
+    assert result.metrics["test"]["mAP"] == pytest.approx(metrics.evaluate(test["scores"], test["targets"])["mAP"])
+    frozen = fit(apply_recipe(tiny_cfg, "spml_linear_role").updated({"train.epochs": 2,
+                                                                    "output_dir": str(run.parent / "role")}))
+    assert math.isfinite(frozen.metrics["test_shift"]["mAP"])

@@ -6,11 +6,13 @@ Importing this package registers every reader in `DATASETS` (scenes, coco, voc, 
 from mlic.data import coco as coco
 from mlic.data import csv as csv
 from mlic.data import nuswide as nuswide
+from mlic.data import partial as partial
 from mlic.data import scenes as scenes
 from mlic.data import voc as voc
 from mlic.data.coco import load_coco as load_coco
 from mlic.data.csv import load_csv as load_csv
 from mlic.data.nuswide import load_nuswide as load_nuswide
+from mlic.data.partial import simulate_observed as simulate_observed
 from mlic.data.scenes import make_scenes as make_scenes
 from mlic.data.sources import DATASETS as DATASETS
 from mlic.data.sources import load_split as load_split

@@ -16,3 +16,8 @@ from mlic.losses.registry import MultiLabelLoss as MultiLabelLoss
 from mlic.losses.registry import create_loss as create_loss
 from mlic.losses.registry import list_losses as list_losses
 from mlic.losses.registry import reduce_loss as reduce_loss
+from mlic.losses.single_positive import AssumeNegativeLabelSmoothingLoss as AssumeNegativeLabelSmoothingLoss
+from mlic.losses.single_positive import AssumeNegativeLoss as AssumeNegativeLoss
+from mlic.losses.single_positive import ExpectedPositiveRegularizedLoss as ExpectedPositiveRegularizedLoss
+from mlic.losses.single_positive import ROLELoss as ROLELoss
+from mlic.losses.single_positive import WeakAssumeNegativeLoss as WeakAssumeNegativeLoss
