@@ -28,8 +28,13 @@ TINY: dict[str, dict] = {
     "04_cpsd.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},
     "05_moe.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0], "hidden_dim": 16, "dim_feedforward": 32,
                      "expert_hidden": 16, "shown_images": 50},
+    "06_cams.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
     "07_single_positive.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0]},
     "08_thresholds.ipynb": {**_TINY_MODEL, "epochs": 2},
+    "09_cooccurrence_shift.ipynb": {**_TINY_MODEL, "epochs": 1, "decoder_width": 16, "label_embeddings": "learned",
+                                    "methods": ["baseline", "ml_decoder", "aam", "moe_dynamic",
+                                                "single_positive_role", "cpsd"], "cpsd_k": 2, "cam_images": 8},
+    "10_explorer.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}
 
