@@ -293,3 +293,21 @@ def test_resume_refuses_a_different_number_of_epochs(tiny_cfg: RunConfig) -> Non
     fit(tiny_cfg)
     with pytest.raises(ValueError, match="planned for 2 epochs, the config asks for 3"):
         fit(tiny_cfg.updated({"train.epochs": 3, "train.resume": True}))
+
+
+def test_feature_cache_key_changes_when_an_image_is_replaced(scenes_root: Path, tmp_path: Path) -> None:
+    """Regenerating a dataset at the same paths must not serve the old images' features."""
+    from mlic.data.features import cache_key
+    from mlic.data.sources import load_split
+    from mlic.models import create_model
+
+    copy = tmp_path / "scenes"
+    shutil.copytree(scenes_root, copy)
+    table = load_split("scenes", copy, "val")
+    backbone = create_model("test_efficientnet", "gap", table.num_classes, pretrained=False).backbone
+    before = cache_key(backbone, table, {"image_size": 32})
+    assert cache_key(backbone, table, {"image_size": 32}) == before
+    first = Path(table.paths[0])
+    shutil.copyfile(table.paths[1], first)  # another image's bytes at the same path
+    os.utime(first, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert cache_key(backbone, table, {"image_size": 32}) != before

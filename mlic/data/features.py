@@ -43,12 +43,20 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
 
 
 def cache_key(backbone: torch.nn.Module, table: LabelledImages, settings: dict[str, Any]) -> str:
-    """The key of one split's features for one backbone and preprocessing."""
+    """The key of one split's features for one backbone and preprocessing.
+
+    Each image counts by path, size and modification time, so regenerated or replaced images at the same paths
+    (e.g. Scenes made again with other settings) get new features instead of stale ones.
+    """
     digest = hashlib.blake2b(digest_size=12)
     digest.update(backbone_fingerprint(backbone).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in table.paths:
-        digest.update(str(path).encode())
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        except OSError:  # unreadable: the dataset reports it when the features are computed
+            digest.update(str(path).encode())
     return digest.hexdigest()
 
 
