@@ -65,6 +65,7 @@ from mlic import metrics
 from mlic.config import RunConfig
 from mlic.data.sources import DATASETS, load_split
 from mlic.data.table import LabelledImages
+from mlic.experiments import over_seeds
 from mlic.graph import (
     assignment_from_groups,
     cooccurrence,
@@ -697,17 +698,7 @@ def summarize(frame: pd.DataFrame, *, by: Sequence[str] = ("variant",), metric: 
               splits: Sequence[str] = ("test", "test_shift")) -> pd.DataFrame:
     """Mean, std and count over seeds of `<split>_<metric>` per group, in first-appearance order, plus a
     ``"mean ± std"`` text column per split (the table the notebook records)."""
-    by = list(by)
-    columns = [f"{s}_{metric}" for s in splits]
-    grouped = frame.groupby(by, sort=False, dropna=False)[columns]
-    mean, std, count = grouped.mean(), grouped.std(ddof=1).fillna(0.0), grouped.count()
-    out = pd.DataFrame(index=mean.index)
-    for column in columns:
-        out[f"{column}_mean"] = mean[column]
-        out[f"{column}_std"] = std[column]
-        out[column] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(mean[column], std[column])]
-    out["seeds"] = count[columns[0]]
-    return out.reset_index()
+    return over_seeds(frame, list(by), [f"{s}_{metric}" for s in splits])
 
 
 def variant_costs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 from mlic.compare import train_heads
 from mlic.config import RunConfig
 from mlic.evaluate import load_predictions
+from mlic.experiments import over_seeds
 from mlic.graph import cooccurrence
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,7 @@ def seed_summary(table: pd.DataFrame, *, by: str = "head", metric: str = "mAP",
                  splits: Sequence[str] = ("test", "test_shift")) -> pd.DataFrame:
     """Mean, std (ddof 1; 0 for one seed) and seed count of `<metric>_<split>` per `by` value, in first-appearance
     order, plus a ``"mean ± std"`` text column per split."""
-    columns = [f"{metric}_{s}" for s in splits]
-    grouped = table.groupby(by, sort=False)[columns]
-    mean, std, count = grouped.mean(), grouped.std(ddof=1).fillna(0.0), grouped.count()
-    out = pd.DataFrame(index=mean.index)
-    for column in columns:
-        out[f"{column}_mean"] = mean[column]
-        out[f"{column}_std"] = std[column]
-        out[column] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(mean[column], std[column])]
-    out["seeds"] = count[columns[0]]
-    return out.reset_index()
+    return over_seeds(table, by, [f"{metric}_{s}" for s in splits])
 
 
 def summary_metrics(summary: pd.DataFrame, *, by: str = "head", metric: str = "mAP",

@@ -20,6 +20,7 @@ import pandas as pd
 
 from mlic.config import RunConfig
 from mlic.data.table import LabelledImages
+from mlic.experiments import over_seeds
 from mlic.io import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -233,14 +234,8 @@ def summarise(runs: pd.DataFrame, splits: list[str] | tuple[str, ...], *, metric
     if "estimator_hidden_recall" in runs:
         percent = percent.assign(estimator_hidden_recall=100 * runs["estimator_hidden_recall"])
         columns.append("estimator_hidden_recall")
-    grouped = percent.groupby("loss", sort=False)[columns]
-    mean = grouped.mean()
-    std = grouped.std(ddof=1).fillna(0.0).where(mean.notna())  # one seed: 0; a loss without the value: NaN
-    out = pd.DataFrame({"loss": mean.index, "seeds": grouped.size().to_numpy()})
-    for column in columns:
-        out[f"{column}_mean"] = mean[column].to_numpy()
-        out[f"{column}_std"] = std[column].to_numpy()
-    return out.reset_index(drop=True)
+    out = over_seeds(percent, "loss", columns, text=False)
+    return out[["loss", "seeds", *[c for c in out.columns if c not in ("loss", "seeds")]]]
 
 
 def headline(summary: pd.DataFrame, splits: list[str] | tuple[str, ...], *, metric: str = "mAP"
