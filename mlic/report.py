@@ -140,7 +140,6 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     it succeeded is skipped unless `force`. With `workers > 1` that many notebooks run at once (each in its own
     kernel); notebooks that summarise the suite (a `suite_dir` parameter) run after all the others.
     """
-    import papermill as pm
 
     suite_file = Path(suite_file)
     name, runs = load_suite(suite_file)
@@ -158,8 +157,7 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
             skipped.append(run.name)
         else:
             todo.append(run)
-    summaries = [r for r in todo if (notebooks / r.notebook).exists()
-                 and "suite_dir" in pm.inspect_notebook(str(notebooks / r.notebook))]
+    summaries = [r for r in todo if _summarises_suite(notebooks / r.notebook)]
     phases = [[r for r in todo if r not in summaries], summaries]
     execute = functools.partial(_execute_run, suite_dir=suite_dir, notebooks=notebooks, kernel_name=kernel_name,
                                 overrides=overrides or {})
@@ -176,6 +174,25 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     return SuiteResult(suite_dir, done, failed, skipped)
 
 
+def _summarises_suite(notebook: Path) -> bool:
+    """Whether a notebook declares a `suite_dir` parameter (it reads the suite's other runs)."""
+    return notebook.exists() and _declares_suite_dir(str(notebook), notebook.stat().st_mtime_ns)
+
+
+@functools.cache
+def _declares_suite_dir(notebook: str, _mtime_ns: int) -> bool:
+    """Cached per file version: papermill's inspection logs a line and parses the notebook each time."""
+    import papermill as pm
+
+    quiet = logging.getLogger("papermill")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return "suite_dir" in pm.inspect_notebook(notebook)
+    finally:
+        quiet.setLevel(level)
+
+
 def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name: str,
                  overrides: dict[str, Any]) -> bool:
     """Execute one run's notebook into its folder and write its `status.json`; True when it succeeded."""
@@ -185,7 +202,7 @@ def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {**run.parameters, **overrides, "output_dir": str(run_dir.resolve())}
     source = notebooks / run.notebook
-    if source.exists() and "suite_dir" in pm.inspect_notebook(str(source)):
+    if _summarises_suite(source):
         params["suite_dir"] = str(suite_dir.resolve())  # notebooks that summarise the suite's other runs
     started = time.perf_counter()
     status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
