@@ -118,7 +118,8 @@ def load_suite(path: str | Path) -> tuple[str, list[SuiteRun]]:
 
 
 def _slug(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_")
+    """A grid value as part of a folder name (`gradcam++` → `gradcamplusplus`, so it stays apart from `gradcam`)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", str(value).replace("+", "plus")).strip("_")
 
 
 @dataclass

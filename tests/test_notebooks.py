@@ -142,3 +142,18 @@ def test_aam_sweeps_summarise_a_suite_of_grid_runs(scenes_root: Path, tmp_path: 
     assert summary["metrics"]["aam_s"]["best"] == pytest.approx(s_runs["test/mAP"].max())
     for figure in ("sweep_s", "sweep_m", "gamma_grid"):
         assert (result.suite_dir / "aam_sweeps" / "figures" / f"{figure}.png").exists()
+
+
+@pytest.mark.parametrize("suite", ["quick", "paper"])
+def test_committed_suites_load_and_pass_only_declared_parameters(suite: str) -> None:
+    """Every run of the shipped suites has its own folder name, and every parameter an entry sets (beyond the suite's
+    shared defaults) is one its notebook declares: a typo would otherwise be ignored by papermill."""
+    import yaml
+
+    path = NOTEBOOKS / "suites" / f"{suite}.yaml"
+    _, runs = load_suite(path)
+    assert len({r.name for r in runs}) == len(runs)
+    for entry in yaml.safe_load(path.read_text())["entries"]:
+        declared = set(pm.inspect_notebook(str(NOTEBOOKS / entry["notebook"])))
+        given = set(entry.get("parameters") or {}) | set(entry.get("grid") or {})
+        assert given <= declared, f"{suite}: {entry.get('name')} sets undeclared {sorted(given - declared)}"
