@@ -29,12 +29,15 @@ def fit_row(cfg: RunConfig, name: str, *, label: str = "variant",
     log.info("training %s %s", label, name)
     started = time.perf_counter()
     result = fit(cfg)
-    row: dict[str, Any] = {label: name}
-    for split, values in result.metrics.items():
-        row.update({f"{key}_{split}": values[key] for key in keys if key in values})
+    row: dict[str, Any] = {label: name, **metric_columns(result.metrics, keys)}
     row.update({"best_epoch": result.best_epoch, "weights": result.weights,
                 "train_seconds": time.perf_counter() - started})
     return row, result
+
+
+def metric_columns(metrics: dict[str, dict[str, float]], keys: tuple[str, ...] = REPORTED) -> dict[str, float]:
+    """`{"<metric>_<split>": value}` for the `keys` each split of a run's metrics has (one table row's columns)."""
+    return {f"{key}_{split}": values[key] for split, values in metrics.items() for key in keys if key in values}
 
 
 def run_variants(base_cfg: RunConfig, variants: dict[str, dict[str, Any]]) -> pd.DataFrame:

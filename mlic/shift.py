@@ -21,7 +21,7 @@ import pandas as pd
 from mlic import metrics
 from mlic.config import RunConfig
 from mlic.evaluate import load_predictions
-from mlic.experiments import fit_row, loss_variants
+from mlic.experiments import fit_row, loss_variants, metric_columns
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ def train_methods(base: RunConfig, methods: Sequence[str], *, head_options: dict
 
             with CPSDStudy(base, out) as study:
                 result = study.run("cpsd", k=cpsd_k, seed=base.train.seed)
-            row: dict[str, Any] = {"method": name}
-            for split, values in result.metrics.items():
-                row.update({f"{key}_{split}": values[key] for key in ("mAP", "CF1", "OF1") if key in values})
+            row: dict[str, Any] = {"method": name, **metric_columns(result.metrics)}
             row.update(train_seconds=result.teacher_seconds + result.student_seconds, run_dir=str(result.run_dir))
         else:
             cfg = base.updated({**METHODS[name](opts), "output_dir": str(out), "name": name})

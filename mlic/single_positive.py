@@ -20,6 +20,7 @@ import pandas as pd
 
 from mlic.config import RunConfig
 from mlic.data.table import LabelledImages
+from mlic.evaluate import load_predictions
 from mlic.experiments import over_seeds
 from mlic.io import read_jsonl
 
@@ -202,7 +203,7 @@ def compare_losses(base_cfg: RunConfig, losses: list[str] | tuple[str, ...], see
             cfg = base.updated({**overrides, "train.seed": int(seed), "output_dir": str(out), "name": name})
             row, result = fit_row(cfg, name, label="loss")
             row["seed"] = int(seed)
-            predictions = np.load(out / "predictions" / f"{train_split}.npz")
+            predictions = load_predictions(out, train_split)
             # the evaluated split is the whole training split; with data.max_train_images only its first rows trained
             ids = [str(i) for i in predictions["image_ids"]]
             trained = np.asarray([i in position for i in ids])
