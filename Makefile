@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SCENES := data/scenes/meta.json
 export MPLBACKEND := Agg
 
-.PHONY: run test lab bench scenes clean-reports
+.PHONY: run test test-fast lint lab bench scenes clean-reports
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,17 @@ run: $(SCENES)
 	echo "Report: $(CURDIR)/reports/quick/index.md and index.html (timings: reports/quick/timings.json)"; \
 	exit $$status
 
-## make test: the test suite (unit, notebooks under papermill, distributed)
+## make test: the test suite (unit, notebooks under papermill, distributed), slowest tests listed at the end
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+## make test-fast: the unmarked tier only (no training runs, subprocesses or notebooks; under a minute)
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow and not notebook and not distributed"
+
+## make lint: ruff on the package, the tests, the benchmarks and the notebooks
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mlic tests benchmarks notebooks
 
 ## make lab: JupyterLab on notebooks/
 lab: $(SCENES)

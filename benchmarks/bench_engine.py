@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
 from mlic.losses import create_loss
 from mlic.train.engine import Trainer
 from mlic.train.optim import build_optimizer, build_scheduler
@@ -28,7 +28,8 @@ def _config(data: Path, out: Path, *, images: int, frozen: bool = False, ema: fl
         "data": {"root": str(data), "image_size": 64, "batch_size": 64, "max_train_images": images,
                  "val_split": None, "eval_splits": []},
         "model": {"backbone": "efficientnet_lite0", "freeze_backbone": frozen},
-        "train": {"epochs": epochs, "ema_decay": ema, "progress": False},
+        "train": {"epochs": epochs, "ema_decay": ema},
+        "runtime": {"progress": False},
         "output_dir": str(out),
     })
 

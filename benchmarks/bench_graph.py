@@ -1,10 +1,11 @@
 """Benchmark: label graphs at scale — `cooccurrence` on 500 labels × 100,000 images, and the spectral partition.
 
 Run as ``python benchmarks/bench_graph.py``. A seeded sparse label matrix (about 3 labels per image, Zipf-like label
-frequencies, as in large multi-label sets) is given to `mlic.graph.cooccurrence` as a scipy CSR matrix and as a dense
-uint8 array, side by side with the naive dense float matrix product; then CPSD's affinity and `spectral_partition`
-into k = 5 and 13 parts run on the 500 × 500 result. Times are the best of 3, printed, not asserted (the machine is
-noisy). Exits non-zero if the three products disagree or the sparse path exceeds its budget (a couple of seconds).
+frequencies, as in large multi-label sets) is given to `mlic.models.label_graph.cooccurrence` as a scipy CSR matrix and
+as a dense uint8 array, side by side with the naive dense float matrix product; then CPSD's affinity and
+`spectral_partition` into k = 5 and 13 parts run on the 500 × 500 result. Times are the best of 3, printed, not asserted
+(the machine is noisy). Exits non-zero if the three products disagree or the sparse path exceeds its budget (a couple of
+seconds).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from mlic.graph import affinity, cooccurrence, spectral_partition
+from mlic.models.label_graph import affinity, cooccurrence, spectral_partition
 
 BUDGET_SECONDS = 2.0
 

@@ -1,15 +1,48 @@
 """mlic: a lab for multi-label image classification.
 
-The public API, re-exported explicitly: `mlic.data`, `mlic.models`, `mlic.losses`, `mlic.metrics`, `mlic.train`,
-`mlic.report`, `mlic.plots` (imported on use: it loads matplotlib), and the config `RunConfig`.
+The public API, loaded on first use (PEP 562), so `import mlic` and `mlic --help` load no torch: `mlic.data`,
+`mlic.models`, `mlic.losses`, `mlic.metrics`, `mlic.stats`, `mlic.train`, `mlic.runs`, `mlic.inference`,
+`mlic.explain`, `mlic.studies`, `mlic.plots`, `mlic.report`, and the config `mlic.RunConfig`.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from mlic import data as data  # noqa: E402
-from mlic import losses as losses  # noqa: E402
-from mlic import metrics as metrics  # noqa: E402
-from mlic import models as models  # noqa: E402
-from mlic import report as report  # noqa: E402
-from mlic import train as train  # noqa: E402
-from mlic.config import RunConfig as RunConfig  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mlic._version import __version__ as __version__
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from mlic import (
+        data,
+        explain,
+        inference,
+        losses,
+        metrics,
+        models,
+        plots,
+        report,
+        runs,
+        stats,
+        studies,
+        train,
+    )
+    from mlic.core.config import RunConfig
+
+__all__ = ["__version__", "RunConfig", "cli", "core", "data", "explain", "inference", "losses", "metrics", "models",
+           "plots", "report", "runs", "stats", "studies", "train"]
+_ATTRIBUTES = {"RunConfig": ("mlic.core.config", "RunConfig")}
+_SUBMODULES = frozenset(__all__) - {"__version__", *_ATTRIBUTES}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mlic.{name}")
+    if name in _ATTRIBUTES:
+        module, attribute = _ATTRIBUTES[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'mlic' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -38,7 +38,8 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from mlic.io import atomic_write_json, atomic_write_text
+from mlic.core.io import atomic_write_json, atomic_write_text
+from mlic.runs import metric_columns
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,52 @@ def versions() -> dict[str, str]:
     return found
 
 
-def record(output_dir: str | Path, *, metrics: dict[str, Any] | None = None,
+def record(output_dir: str | Path, *, metrics: dict[str, dict[str, float]] | None = None,
+           methods: dict[str, dict[str, dict[str, float]]] | None = None,
            tables: dict[str, pd.DataFrame] | None = None, seed: int | None = None, **values: Any) -> Path:
     """Save a notebook's results where the report finds them.
 
+    Metrics have one schema, `{split: {metric: value}}`, flattened to ``<split>/<metric>`` columns in the report.
+
     Args:
         output_dir: the run folder (the notebook's `output_dir` parameter).
-        metrics: headline numbers, e.g. `{"test": {"mAP": 81.2}, "test_shift": {...}}`.
+        metrics: the headline numbers of the notebook's main method, e.g. `{"test": {"mAP": 81.2}, ...}`.
+        methods: the same for every method a comparison notebook trained, `{method: {split: {metric: value}}}`.
         tables: named DataFrames, saved as `tables/<name>.csv` and shown in the report.
         seed: the seed of the run, shown beside its results.
         **values: any other JSON-serialisable values worth keeping.
+
+    Raises:
+        ValueError: if `metrics` or `methods` do not follow the schema (the message names the offending key).
     """
+    metrics = _check_metrics(metrics or {}, "metrics")
+    methods = {str(name): _check_metrics(m, f"methods[{name!r}]") for name, m in (methods or {}).items()}
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in (tables or {}).items():
-        table_file = out / "tables" / f"{name}.csv"
-        table_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(table_file, frame.to_csv(index=False))
-    payload = {"metrics": metrics or {}, "values": values, "seed": seed, "versions": versions(),
+        atomic_write_text(out / "tables" / f"{name}.csv", frame.to_csv(index=False))
+    payload = {"metrics": metrics, "methods": methods, "values": values, "seed": seed, "versions": versions(),
                "tables": sorted(tables or {}), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     atomic_write_json(out / RESULTS_FILE, payload)
     return out / RESULTS_FILE
+
+
+def _check_metrics(metrics: Any, where: str) -> dict[str, dict[str, float]]:
+    """`{split: {metric: number}}` with plain floats; a ValueError naming the key that breaks the schema."""
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{where}: expected {{split: {{metric: value}}}}, got {type(metrics).__name__}")
+    out: dict[str, dict[str, float]] = {}
+    for split, values in metrics.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}[{split!r}]: expected {{metric: value}} under the split, got {values!r}; "
+                             "the schema is {split: {metric: value}}")
+        for metric, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}[{split!r}][{metric!r}]: expected a number, got {value!r}")
+            if "/" in str(metric) or "/" in str(split):
+                raise ValueError(f"{where}[{split!r}][{metric!r}]: '/' separates split and metric in the report")
+        out[str(split)] = {str(k): float(v) for k, v in values.items()}
+    return out
 
 
 @dataclass
@@ -228,7 +254,8 @@ _UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress", "suite_
 
 def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame:
     """One row per run (optionally only runs whose name starts with `prefix`): status, seconds, the notebook's
-    parameters as `param/<name>`, the seed and the recorded metrics flattened as `<split>/<metric>`."""
+    parameters as `param/<name>`, the seed, the recorded headline metrics as `<split>/<metric>` and every
+    method's as `<method>:<split>/<metric>` (a failed run's stale results are not read)."""
     rows = []
     for status_file in sorted(Path(suite_dir).glob(f"*/{STATUS_FILE}")):
         run_dir = status_file.parent
@@ -240,23 +267,14 @@ def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame
         row.update({f"param/{k}": v for k, v in (status.get("parameters") or {}).items()
                     if k not in _UNLISTED_PARAMETERS and isinstance(v, (int, float, str, bool))})
         results_file = run_dir / RESULTS_FILE
-        if results_file.exists():
+        if results_file.exists() and row["status"] == "ok":
             results = json.loads(results_file.read_text())
             row["seed"] = results.get("seed")
-            row.update(_flatten(results.get("metrics", {})))
+            row.update(metric_columns(results.get("metrics", {})))
+            for method, values in (results.get("methods") or {}).items():
+                row.update({f"{method}:{column}": value for column, value in metric_columns(values).items()})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}/"))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[name] = value
-    return flat
 
 
 def markdown_table(frame: pd.DataFrame, *, digits: int = 2) -> str:
@@ -270,8 +288,9 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
-_OVERVIEW_COLUMNS = ("run", "notebook", "status", "seconds", "seed", "test/mAP", "test_shift/mAP", "test/CF1",
-                     "test_shift/CF1", "test/OF1", "test_shift/OF1")
+_OVERVIEW_SPLITS = ("test", "test_bg", "test_cooc", "test_shift")
+_OVERVIEW_COLUMNS = ("run", "notebook", "status", "seconds", "seed",
+                     *(f"{split}/{metric}" for metric in ("mAP", "CF1", "OF1") for split in _OVERVIEW_SPLITS))
 
 
 def write_index(suite_dir: str | Path, *, wall_seconds: float | None = None) -> Path:

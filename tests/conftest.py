@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
 
 TINY_SCENES = dict(seed=0, image_size=32, n_train=96, n_val=48, n_test=48, n_shift=48, progress=False)
 
@@ -31,7 +31,8 @@ def tiny_config(root: Path, out: Path, **overrides: object) -> RunConfig:
         "data": {"dataset": "scenes", "root": str(root), "image_size": 32, "batch_size": 16},
         "model": {"backbone": "test_efficientnet", "pretrained": False},
         "optim": {"lr": 3e-3},
-        "train": {"epochs": 2, "progress": False, "ema_decay": 0.9},
+        "train": {"epochs": 2, "ema_decay": 0.9},
+        "runtime": {"progress": False},
         "output_dir": str(out),
     })
     return cfg.updated(dict(overrides))

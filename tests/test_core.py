@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
+from mlic.core.errors import BadImageError
+from mlic.core.io import atomic_path, atomic_write_json
+from mlic.core.registry import Registry
 from mlic.data.dataset import Cutout, ImageDataset, build_transforms, collate_skipping, read_image
 from mlic.data.table import LabelledImages
-from mlic.errors import BadImageError
-from mlic.io import atomic_path, atomic_write_json
-from mlic.registry import Registry
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlic.evaluate import load_predictions
-from mlic.io import read_jsonl
-from mlic.train import fit, load_checkpoint
+from mlic.core.io import read_jsonl
+from mlic.runs import Run
+from mlic.train import fit
 from mlic.train.distributed import ShardedBatchSampler
 from tests.conftest import tiny_config
 
@@ -83,16 +83,16 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(mode: st
             assert final["metrics"][split][metric] == pytest.approx(values[metric], abs=0.05), (split, metric)
     # rank 0 alone wrote: one metrics row per epoch, predictions for every row of the split in table order
     assert [row["epoch"] for row in read_jsonl(tmp_path / "two" / "metrics.jsonl")] == [0, 1, 2]
-    preds, ref = load_predictions(tmp_path / "two", "test"), load_predictions(tmp_path / "one", "test")
+    preds, ref = Run(tmp_path / "two").predictions("test"), Run(tmp_path / "one").predictions("test")
     np.testing.assert_array_equal(preds["image_ids"], ref["image_ids"])
     np.testing.assert_allclose(preds["scores"], ref["scores"], atol=2e-4)
     # the checkpoint is the usual single-process one
-    state = load_checkpoint(tmp_path / "two" / "checkpoints" / "best.pt")
+    state = Run(tmp_path / "two").state("best")
     assert not any(key.startswith("module.") for key in state["state_dict"])
     assert proc.stdout.count('"run_dir"') == 1  # one process prints the result
     if mode == "frozen":  # resume under torchrun reads last.pt on rank 0 and sends it: a finished run stays put
         rows = read_jsonl(tmp_path / "two" / "metrics.jsonl")
-        two.updated({"train.resume": True}).to_yaml(tmp_path / "two.yaml")
+        two.updated({"runtime.resume": True}).to_yaml(tmp_path / "two.yaml")
         proc = _torchrun(tmp_path / "two.yaml", 2)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert read_jsonl(tmp_path / "two" / "metrics.jsonl") == rows

@@ -14,8 +14,10 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from mlic import explain
+from mlic.core.config import RunConfig
 from mlic.data.table import LabelledImages
 from mlic.models import backbone_data_config, create_model
+from mlic.runs import Run
 from tests.conftest import tiny_config
 
 DIRECT = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -234,19 +236,33 @@ def test_random_maps_score_near_the_box_area() -> None:
     assert frame["energy"].mean() == pytest.approx(frame["area"].mean(), abs=0.01)
 
 
-def test_find_runs_and_cpsd_models_follow_the_study_layout(tmp_path: Path) -> None:
-    for run in ("students/baseline-seed0", "students/cpsd-k5-seed0", "teachers/cgp-k5-seed0/part0",
-                "teachers/cgp-k5-seed0/part1", "teachers/dgp-k2-seed0/part0"):
-        (tmp_path / run / "checkpoints").mkdir(parents=True)
-        (tmp_path / run / "checkpoints" / "best.pt").touch()
-    assert sorted(explain.find_runs(tmp_path)) == ["students/baseline-seed0", "students/cpsd-k5-seed0",
-                                                   "teachers/cgp-k5-seed0", "teachers/dgp-k2-seed0"]
-    found = explain.cpsd_models(tmp_path, k=5, seed=0)
-    assert list(found) == ["baseline", "CGP", "CPSD"]
-    assert found["CGP"] == tmp_path / "teachers" / "cgp-k5-seed0"
-    assert explain.gather_runs({"mine": "x"}, cpsd_root=str(tmp_path)) == {
-        "baseline": str(tmp_path / "students/baseline-seed0"), "CGP": str(tmp_path / "teachers/cgp-k5-seed0"),
-        "CPSD": str(tmp_path / "students/cpsd-k5-seed0"), "mine": "x"}
+def _fake_run(path: Path, **tags: object) -> str:
+    """A finished run folder as the run layer writes one (config with tags, final metrics, a best checkpoint)."""
+    run = Run(path)
+    RunConfig(tags=dict(tags)).to_yaml(run.config_file)
+    run.final_file.write_text("{}")
+    run.checkpoint("best").parent.mkdir(parents=True, exist_ok=True)
+    run.checkpoint("best").touch()
+    return str(path)
+
+
+def test_find_runs_and_cpsd_models_follow_the_study_tags(tmp_path: Path) -> None:
+    cpsd = {"study": "cpsd", "seed": 0}
+    baseline = _fake_run(tmp_path / "students/baseline/a", role="student", variant="baseline", k=None, **cpsd)
+    student = _fake_run(tmp_path / "students/cpsd-k5/b", role="student", variant="cpsd", k=5, **cpsd)
+    parts = [_fake_run(tmp_path / f"teachers/cgp-k5-seed0/part{t}/c", role="teacher", family="cgp-k5-seed0",
+                       strategy="cgp", k=5, part=t, **cpsd) for t in range(5)]
+    _fake_run(tmp_path / "teachers/dgp-k2-seed0/part0/d", role="teacher", family="dgp-k2-seed0", strategy="dgp",
+              k=2, part=0, **cpsd)
+    found = explain.find_runs(tmp_path)
+    assert sorted(found) == ["students/baseline/a", "students/cpsd-k5/b", "teachers/cgp-k5-seed0",
+                             "teachers/dgp-k2-seed0"]
+    assert found["teachers/cgp-k5-seed0"] == [Path(p) for p in parts]  # a family: its parts in order
+    from mlic.studies.cpsd import figure_models
+
+    figure = figure_models(tmp_path, k=5, seed=0)
+    assert figure == {"baseline": baseline, "CPSD": student, "CGP": parts}  # DGP at k = 5 was never trained
+    assert explain.gather_runs({"mine": "x"}, cpsd_root=str(tmp_path)) == {**figure, "mine": "x"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -280,3 +296,15 @@ def test_model_trained_a_few_steps_beats_a_random_map_on_the_pointing_game(scene
     assert frame["energy"].mean() > frame["area"].mean()
     summary = explain.summarize_pointing(frame)
     assert set(summary["split"]) == set(tables) and (summary["pairs"] > 0).all()
+
+
+@pytest.mark.slow
+def test_the_fallback_run_follows_its_config(scenes_root: Path, tmp_path: Path) -> None:
+    """A changed fallback config trains a new run instead of showing the old model; the same one is reused."""
+    fallback = tiny_config(scenes_root, tmp_path / "cams", **{"train.epochs": 1, "model.freeze_backbone": True,
+                                                              "train.ema_decay": None})
+    first = explain.gather_runs(fallback=fallback)["baseline"]
+    assert Run(first).config.identity_hash() == fallback.identity_hash()
+    assert explain.gather_runs(fallback=fallback.updated({"runtime.progress": True}))["baseline"] == first
+    other = explain.gather_runs(fallback=fallback.updated({"optim.lr": 1e-4}))["baseline"]
+    assert other != first and Run(other).config.optim.lr == 1e-4 and Run(first).is_finished()

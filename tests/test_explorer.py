@@ -1,4 +1,5 @@
-"""The ipywidgets explorer (`mlic.explorer`): it builds its widgets and redraws on every change, without a browser."""
+"""The ipywidgets explorer (`mlic.explain.explorer`): it builds its widgets and redraws on every change, without a
+browser."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlic.explorer import MODES, Explorer, expand_runs
+from mlic.explain.explorer import MODES, Explorer, expand_runs
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

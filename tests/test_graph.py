@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mlic.graph import affinity, conditional_probability, cooccurrence, mlgcn_adjacency, normalize_adjacency
+from mlic.models.label_graph import (
+    affinity,
+    conditional_probability,
+    cooccurrence,
+    mlgcn_adjacency,
+    normalize_adjacency,
+)
 
 M = np.array([[0, 6, 1], [6, 0, 3], [1, 3, 0]])
 N = np.array([10, 8, 4])

@@ -12,16 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlic.compare import attention_examples, classifier_similarity, head_config, train_heads
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
+from mlic.core.io import load_checkpoint, save_checkpoint
 from mlic.data.table import LabelledImages
-from mlic.evaluate import evaluate_checkpoint, load_run_model
+from mlic.inference import evaluate_checkpoint
 from mlic.models import create_head, create_model
 from mlic.models.heads.ml_gcn import GraphAttention, graph_propagation
 from mlic.models.heads.query2label import sine_position_encoding, token_grid
 from mlic.models.profile import count_flops, count_parameters, profile_model
+from mlic.runs import Run, load_model
+from mlic.studies.heads import attention_examples, classifier_similarity, head_overrides, train_heads
 from mlic.train import fit
-from mlic.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
 
 SMALL = {
@@ -34,6 +35,11 @@ SMALL = {
 # The reference toy graph (implementations.md §12): M = [[0,6,1],[6,0,3],[1,3,0]], N = [10,8,4] from these 13 images.
 TOY_ROWS = [[1, 1, 0]] * 5 + [[1, 1, 1]] + [[0, 1, 1]] * 2 + [[1, 0, 0]] * 4 + [[0, 0, 1]]
 TOY_PROPAGATION = [[0.888889, 0.210818, 0.0], [0.105409, 0.8, 0.105409], [0.0, 0.0, 0.888889]]
+
+
+def _labels_of(table: LabelledImages) -> tuple:
+    """What a head binds to: the training labels and class names."""
+    return table.labels, table.class_names
 
 
 def _table(rows: list[list[int]], names: list[str] | None = None) -> LabelledImages:
@@ -187,7 +193,7 @@ def test_ml_gcn_head_uses_the_reference_adjacency_and_classifiers() -> None:
     torch.manual_seed(0)
     head = create_head("ml_gcn", in_features=5, num_classes=3, **SMALL["ml_gcn"])
     torch.testing.assert_close(head.adjacency, torch.eye(3))  # unbound: identity
-    head.bind_dataset(_table(TOY_ROWS))
+    head.bind(*_labels_of(_table(TOY_ROWS)))
     torch.testing.assert_close(head.adjacency, torch.tensor(TOY_PROPAGATION), atol=1e-6, rtol=0)
     assert bool(head.bound)
     features = torch.randn(2, 5, 3, 3)
@@ -203,10 +209,10 @@ def test_graph_propagation_equals_the_hand_computed_example() -> None:
     np.testing.assert_allclose(graph_propagation(np.asarray(TOY_ROWS)), TOY_PROPAGATION, atol=1e-6)
 
 
-def test_bind_dataset_rejects_another_class_count() -> None:
+def test_bind_rejects_another_class_count() -> None:
     head = create_head("ml_gcn", in_features=4, num_classes=3, **SMALL["ml_gcn"])
     with pytest.raises(ValueError, match="3 classes"):
-        head.bind_dataset(_random_table(10, 4))
+        head.bind(*_labels_of(_random_table(10, 4)))
 
 
 def test_graph_attention_attends_only_along_edges() -> None:
@@ -225,7 +231,7 @@ def test_graph_attention_attends_only_along_edges() -> None:
 def test_graph_reweighting_is_precomputed_at_inference_and_equals_training(layer_type: str) -> None:
     torch.manual_seed(0)
     head = create_head("gat_reweight", in_features=6, num_classes=4, layer_type=layer_type, **SMALL["gat_reweight"])
-    head.bind_dataset(_random_table(30, 4))
+    head.bind(*_labels_of(_random_table(30, 4)))
     features = torch.randn(2, 6, 3, 3)
     trained = head.train()(features)  # live branch, with gradients
     manual = head.decoder(features * head.compute_graph().view(1, -1, 1, 1))
@@ -254,7 +260,7 @@ def test_precomputed_graph_branch_follows_ema_updates() -> None:
 
     torch.manual_seed(0)
     head = create_head("ml_gcn", in_features=5, num_classes=4, **SMALL["ml_gcn"])
-    head.bind_dataset(_random_table(20, 4))
+    head.bind(*_labels_of(_random_table(20, 4)))
     ema = create_ema(head, 0.5)  # an eval-mode copy whose weights move after every optimiser step
     features = torch.randn(2, 5, 2, 2)
     with torch.no_grad():
@@ -270,7 +276,7 @@ def test_graph_reweighting_combines_with_ml_decoder_and_binds_it() -> None:
     torch.manual_seed(0)
     head = create_head("gat_reweight", in_features=8, num_classes=4, decoder="ml_decoder",
                        decoder_kwargs=SMALL["ml_decoder"], **SMALL["gat_reweight"]).eval()
-    head.bind_dataset(_random_table(20, 4))
+    head.bind(*_labels_of(_random_table(20, 4)))
     features = torch.randn(2, 8, 2, 3)
     logits, aux = head.forward_aux(features)
     expected = head.decoder(features * head.compute_graph().view(1, -1, 1, 1))
@@ -304,8 +310,7 @@ def test_head_round_trips_through_a_weights_only_checkpoint(case: str, tmp_path:
     head, kwargs = CASES[case]
     torch.manual_seed(0)
     model = create_model("test_efficientnet", head, 4, pretrained=False, head_kwargs=kwargs)
-    if hasattr(model.head, "bind_dataset"):
-        model.head.bind_dataset(_random_table(24, 4))
+    model.head.bind(*_labels_of(_random_table(24, 4)))
     model.eval()
     save_checkpoint(tmp_path / "m.pt", {"state_dict": model.state_dict()})
     torch.manual_seed(1)  # other random init: only the checkpoint can make the outputs agree
@@ -324,8 +329,7 @@ def test_head_round_trips_through_a_weights_only_checkpoint(case: str, tmp_path:
 def test_gradients_reach_the_backbone_and_the_head(case: str) -> None:
     head, kwargs = CASES[case]
     model = create_model("test_efficientnet", head, 4, pretrained=False, head_kwargs=kwargs)
-    if hasattr(model.head, "bind_dataset"):
-        model.head.bind_dataset(_random_table(24, 4))
+    model.head.bind(*_labels_of(_random_table(24, 4)))
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
     trainable = [p for p in model.head.parameters() if p.requires_grad]
@@ -350,12 +354,12 @@ def test_engine_binds_graph_heads_to_the_training_split_and_checkpoints_keep_it(
         "model.head": "gat_reweight", "model.head_kwargs": {"label_embeddings": "learned", "layer_type": "gat"},
         "train.epochs": 1})
     result = fit(cfg)
-    model, _, _ = load_run_model(result.run_dir / "checkpoints" / "best.pt")
+    model, _, _ = load_model(Run(result.run_dir).checkpoint("best"))
     from mlic.data.sources import load_split
 
     train = load_split("scenes", str(scenes_root), "train")
     np.testing.assert_allclose(model.head.adjacency.numpy(), graph_propagation(train.labels), atol=1e-6)
-    again = evaluate_checkpoint(result.run_dir / "checkpoints" / "best.pt", splits=["test"], device="cpu")
+    again = evaluate_checkpoint(result.run_dir, splits=["test"], device="cpu")
     assert again["test"]["mAP"] == pytest.approx(result.metrics["test"]["mAP"], abs=1e-4)
 
 
@@ -367,8 +371,8 @@ def test_train_heads_compares_heads_and_extracts_their_figures(scenes_root: Path
              "mld": {"head": "ml_decoder", "head_kwargs": SMALL["ml_decoder"]},
              "gcn": {"head": "ml_gcn", "head_kwargs": SMALL["ml_gcn"], "overrides": {"optim.lr": 1e-3}}}
     table = train_heads(base, heads, latency_repeats=1)
-    assert list(table["head"]) == ["gap", "mld", "gcn"]
-    for column in ("mAP_test", "mAP_test_shift", "CF1_test", "OF1_test", "params_M", "GFLOPs", "latency_ms"):
+    assert list(table["variant"]) == ["gap", "mld", "gcn"]
+    for column in ("test/mAP", "test_shift/mAP", "test/CF1", "test/OF1", "params_M", "GFLOPs", "latency_ms"):
         assert table[column].notna().all() and (table[column] >= 0).all()
     assert table.loc[1, "head_params_M"] > table.loc[0, "head_params_M"]
     assert RunConfig.from_yaml(Path(table.loc[2, "run_dir"]) / "config.yaml").optim.lr == 1e-3
@@ -383,4 +387,4 @@ def test_train_heads_compares_heads_and_extracts_their_figures(scenes_root: Path
     assert similarity.shape == (20, 20)
     np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="head entry"):
-        head_config(base, "x", {"head_kwargs": {}})
+        head_overrides("x", {"head_kwargs": {}})

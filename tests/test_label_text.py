@@ -56,6 +56,7 @@ def test_unknown_source_lists_the_valid_ones() -> None:
     assert label_text.embedding_dim("minilm") == 384
 
 
+@pytest.mark.slow
 def test_minilm_embeddings_are_semantic_unit_vectors_cached_per_class_list(monkeypatch: pytest.MonkeyPatch) -> None:
     names = ["cat", "kitten", "airplane"]
     vectors = label_text.label_embeddings(names, "minilm")
@@ -80,11 +81,11 @@ def test_graph_heads_take_their_embeddings_from_the_source(glove_file: Path) -> 
     head = create_head("ml_gcn", in_features=4, num_classes=2, label_embeddings=f"glove:{glove_file}",
                        hidden_dim=5)
     assert head.embeddings.shape == (2, 3) and not head.embeddings.requires_grad
-    head.bind_dataset(table)
+    head.bind(table.labels, table.class_names)
     torch.testing.assert_close(head.embeddings.detach(), torch.tensor([[0.5, 0.5, 0.5], [2.0, 1.0, 1.0]]))
     learned = create_head("gat_reweight", in_features=4, num_classes=2, label_embeddings="learned", embedding_dim=6)
     before = learned.embeddings.detach().clone()
-    learned.bind_dataset(table)  # learned embeddings are parameters: binding leaves them alone
+    learned.bind(table.labels, table.class_names)  # learned embeddings are parameters: binding leaves them alone
     assert learned.embeddings.requires_grad and torch.equal(learned.embeddings.detach(), before)
     tuned = create_head("gat_reweight", in_features=4, num_classes=2, label_embeddings=f"glove:{glove_file}",
                         train_embeddings=True)

@@ -12,8 +12,8 @@ import timm
 import torch
 from skimage import data as skdata
 
+from mlic.core.io import load_checkpoint, save_checkpoint
 from mlic.models import HEADS, OFFLINE_WEIGHTS, create_backbone, create_head, create_model, list_heads
-from mlic.train.checkpoint import load_checkpoint, save_checkpoint
 
 # ImageNet class indices: 281 tabby, 282 tiger cat, 285 Egyptian cat; 967 espresso, 968 cup, 504 coffee mug
 CATS = {281, 282, 283, 284, 285}
@@ -47,6 +47,7 @@ def test_create_backbone_loads_the_offline_weights_into_the_feature_extractor() 
         torch.testing.assert_close(backbone.eval().forward_features(x), reference.eval().forward_features(x))
 
 
+@pytest.mark.slow
 def test_hub_weights_offline_fail_with_a_clear_message() -> None:
     code = ("import mlic.models as m\n"
             "try:\n    m.create_backbone('resnet18', pretrained=True)\n"

@@ -1,6 +1,6 @@
 """Mixture-of-experts heads (`moe_static`, `moe_dynamic`) and their analyses: gates against hand computations,
 static versus dynamic routing, load balancing, grouped experts for 500 labels, gradients, the engine's recorded gates,
-and the `mlic.moe` summaries on planted gate patterns."""
+and the `mlic.studies.moe` summaries on planted gate patterns."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlic import moe
 from mlic.data.table import LabelledImages
 from mlic.models import create_head
 from mlic.models.heads.moe import group_layout, load_balancing_loss, route
+from mlic.studies import moe
 from tests.conftest import tiny_config
 
 matplotlib.use("Agg")
 
 SMALL = {"hidden_dim": 8, "dim_feedforward": 16, "num_heads": 2, "expert_hidden": 6, "dropout": 0.0}
+
+
+def _labels_of(table: LabelledImages) -> tuple:
+    """What a head binds to: the training labels and class names."""
+    return table.labels, table.class_names
 
 
 def _head(name: str, classes: int = 5, **kwargs: object) -> torch.nn.Module:
@@ -146,7 +151,7 @@ def test_five_hundred_labels_with_grouped_experts_from_the_training_graph() -> N
     head = create_head("moe_dynamic", in_features=16, num_classes=C, hidden_dim=16, dim_feedforward=32, num_heads=2,
                        expert_hidden=8, n_shared=2, n_specific=1, expert_groups=k, routing="topk", top_k=2).eval()
     assert head.specific.w1.shape[:2] == (k, 1) and not bool(head.bound)
-    head.bind_dataset(_table(labels))
+    head.bind(*_labels_of(_table(labels)))
     assert bool(head.bound)
     found = head.group_of.numpy()
     pairs = {(int(a), int(b)) for a, b in zip(found, planted)}
@@ -162,7 +167,7 @@ def test_five_hundred_labels_with_grouped_experts_from_the_training_graph() -> N
             torch.testing.assert_close(outputs[1, c, 0], _ffn(labels_q[1, c], head.specific, int(found[c]), 0),
                                        rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="500 classes"):
-        head.bind_dataset(_table(labels[:, :10]))
+        head.bind(*_labels_of(_table(labels[:, :10])))
 
 
 def test_bound_groups_survive_a_checkpoint_round_trip() -> None:
@@ -171,7 +176,7 @@ def test_bound_groups_survive_a_checkpoint_round_trip() -> None:
     labels[1::2, [1, 2, 3, 4]] = 1
     torch.manual_seed(0)
     head = _head("moe_static", classes=6, expert_groups=2)
-    head.bind_dataset(_table(labels))
+    head.bind(*_labels_of(_table(labels)))
     assert head.group_of.tolist() in ([0, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 1])
     x = torch.randn(2, 12, 2, 2)
     expected = head(x)
@@ -320,17 +325,20 @@ def test_expert_utilisation_on_planted_routing() -> None:
 
 
 def test_seed_summary_and_its_metrics() -> None:
-    table = pd.DataFrame({"head": ["a", "a", "b"], "seed": [0, 1, 0], "mAP_test": [70.0, 72.0, 60.0],
-                          "mAP_test_shift": [50.0, 54.0, 40.0]})
+    table = pd.DataFrame({"variant": ["a", "a", "b"], "seed": [0, 1, 0], "test/mAP": [70.0, 72.0, 60.0],
+                          "test_shift/mAP": [50.0, 54.0, 40.0]})
     summary = moe.seed_summary(table)
-    assert summary["head"].tolist() == ["a", "b"] and summary["seeds"].tolist() == [2, 1]
-    assert summary.loc[0, "mAP_test"] == "71.00 ± 1.41" and summary.loc[1, "mAP_test_shift_std"] == 0.0
-    metrics = moe.summary_metrics(summary)
-    assert metrics["a"]["mAP_test_shift"] == 52.0 and metrics["a"]["mAP_test_shift_std"] == pytest.approx(2 ** 1.5)
+    assert summary["variant"].tolist() == ["a", "b"] and summary["seeds"].tolist() == [2, 1]
+    assert summary.loc[0, "test/mAP"] == "71.00 ± 1.41" and summary.loc[1, "test_shift/mAP_std"] == 0.0
+    methods = moe.method_metrics(summary)
+    assert methods["a"]["test_shift"]["mAP"] == 52.0
+    assert methods["a"]["test_shift"]["mAP_std"] == pytest.approx(2 ** 1.5)
+    assert moe.summary_metrics(summary, lead="b") == methods["b"]
+    assert moe.summary_metrics(summary, lead="absent") == methods["a"]  # not trained: the first head
     routing = pd.DataFrame({"head": ["a", "a"], "shared_share": [0.2, 0.6], "context_dependence": [0.1, np.nan]})
-    metrics = moe.summary_metrics(summary, routing=routing)
-    assert metrics["a"]["shared_share"] == pytest.approx(0.4) and metrics["a"]["context_dependence"] == 0.1
-    assert "shared_share" not in metrics["b"]
+    methods = moe.method_metrics(summary, routing=routing, gate_split="test")
+    assert methods["a"]["test"]["shared_share"] == pytest.approx(0.4) and methods["a"]["test"]["mAP"] == 71.0
+    assert methods["a"]["test"]["context_dependence"] == 0.1 and "shared_share" not in methods["b"]["test"]
 
 
 def test_moe_figures_and_the_explorer_build() -> None:
@@ -343,8 +351,8 @@ def test_moe_figures_and_the_explorer_build() -> None:
     contexts = rng.integers(0, 3, 30)
     targets = (rng.random((30, 4)) < 0.6).astype(np.uint8)
     slots = moe.slot_names(1, 2)
-    table = pd.DataFrame({"head": ["gap", "gap", "moe", "moe"], "seed": [0, 1, 0, 1],
-                          "mAP_test": [60.0, 61.0, 70.0, 69.0], "mAP_test_shift": [40.0, 41.0, 45.0, 44.0]})
+    table = pd.DataFrame({"variant": ["gap", "gap", "moe", "moe"], "seed": [0, 1, 0, 1],
+                          "test/mAP": [60.0, 61.0, 70.0, 69.0], "test_shift/mAP": [40.0, 41.0, 45.0, 44.0]})
     routing = moe.label_routing({"moe": gates}, 1, targets, list("abcd"), targets=targets, contexts=contexts)
     figures = [plots.moe_heads(table), plots.gate_heatmaps({"moe": moe.mean_gates(gates)}, list("abcd"), slots),
                plots.gates_per_image(gates[:, 0], contexts, slots, context_names=["x", "y", "z"], label_name="a"),
@@ -370,13 +378,13 @@ def test_engine_records_gates_and_trains_moe_heads_over_seeds(scenes_root: Path,
     heads = {"moe_static": {"head": "moe_static", "head_kwargs": small},
              "moe_dynamic": {"head": "moe_dynamic", "head_kwargs": {**small, "expert_groups": 5}}}
     table = moe.train_seeds(base, heads, [0, 1])
-    assert table[["head", "seed"]].values.tolist() == [["moe_static", 0], ["moe_dynamic", 0], ["moe_static", 1],
-                                                        ["moe_dynamic", 1]]
-    assert table["mAP_test"].between(0, 100).all() and table["mAP_test_shift"].notna().all()
+    assert table[["variant", "seed"]].values.tolist() == [["moe_static", 0], ["moe_dynamic", 0],
+                                                           ["moe_static", 1], ["moe_dynamic", 1]]
+    assert table["test/mAP"].between(0, 100).all() and table["test_shift/mAP"].notna().all()
     dirs = moe.run_dirs(table, 0)
-    from mlic.evaluate import load_predictions
+    from mlic.runs import Run
 
-    saved = load_predictions(dirs["moe_dynamic"], "test")
+    saved = Run(dirs["moe_dynamic"]).predictions("test")
     assert saved["aux_gates"].dtype == np.float16 and saved["aux_gates"].shape == (48, 20, 3)
     gates = moe.load_gates(dirs["moe_dynamic"], "test")
     np.testing.assert_allclose(gates.sum(-1), 1.0, atol=3e-3)
@@ -385,7 +393,7 @@ def test_engine_records_gates_and_trains_moe_heads_over_seeds(scenes_root: Path,
     groups = moe.head_groups(dirs["moe_dynamic"])
     assert groups.shape == (20,) and sorted(set(groups.tolist())) == [0, 1, 2, 3, 4]
     from mlic.data.sources import load_split
-    from mlic.graph import label_partition
+    from mlic.models.label_graph import label_partition
 
     train = load_split("scenes", str(scenes_root), "train")
     np.testing.assert_array_equal(groups, label_partition(train.labels, "cgp", 5))  # bound to the training split
@@ -400,7 +408,8 @@ def test_whole_model_gradients_reach_the_backbone_and_every_head_parameter(name:
     torch.manual_seed(0)
     model = create_model("test_efficientnet", name, 4, pretrained=False,
                          head_kwargs={**SMALL, "n_shared": 1, "n_specific": 1})
-    logits, losses = model(torch.randn(2, 3, 32, 32), with_aux_loss=True)
+    # 64 px: a 2 × 2 feature map; at 32 px one token would make every attention weight 1 and the queries' gradient 0
+    logits, losses = model(torch.randn(2, 3, 64, 64), with_aux_loss=True)
     (logits.sum() + sum(losses.values(), torch.zeros(()))).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters() if p.requires_grad)

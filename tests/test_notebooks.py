@@ -37,6 +37,7 @@ TINY: dict[str, dict] = {
     "10_explorer.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}
+SPLIT_NAMES = {"train", "val", "test", "test_shift", "test_bg", "test_cooc"}
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -67,6 +68,9 @@ def test_notebook_runs_with_tiny_parameters(name: str, scenes_root: Path, tmp_pa
                         progress_bar=False, cwd=str(tmp_path))
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"], f"{name} recorded no metrics"
+    # one schema: {split: {metric: value}} for the headline and for every method
+    for metrics in [results["metrics"], *results["methods"].values()]:
+        assert set(metrics) <= SPLIT_NAMES, f"{name}: {sorted(set(metrics) - SPLIT_NAMES)} are not split names"
     assert list((out / "figures").glob("*.png")), f"{name} saved no figure"
 
 
@@ -139,7 +143,7 @@ def test_aam_sweeps_summarise_a_suite_of_grid_runs(scenes_root: Path, tmp_path: 
     summary = json.loads((result.suite_dir / "aam_sweeps" / "results.json").read_text())
     s_runs = pd.read_csv(result.suite_dir / "aam_sweeps" / "tables" / "aam_s.csv")
     assert sorted(s_runs["param/s"]) == [5.0, 20.0]
-    assert summary["metrics"]["aam_s"]["best"] == pytest.approx(s_runs["test/mAP"].max())
+    assert summary["metrics"]["test"]["mAP_best_aam_s"] == pytest.approx(s_runs["test/mAP"].max())
     for figure in ("sweep_s", "sweep_m", "gamma_grid"):
         assert (result.suite_dir / "aam_sweeps" / "figures" / f"{figure}.png").exists()
 

@@ -9,7 +9,7 @@ import pytest
 
 from mlic.data.partial import simulate_observed
 from mlic.data.table import LabelledImages
-from mlic.single_positive import observed_summary
+from mlic.studies.single_positive import observed_summary
 
 
 def _table(labels: np.ndarray, boxes: list[np.ndarray] | None = None, **extras: object) -> LabelledImages:

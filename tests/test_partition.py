@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
 
-from mlic.graph import (
+from mlic.models.label_graph import (
     STRATEGIES,
     affinity,
     assignment_from_groups,

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlic.core.errors import BadImageError, DataFormatError
 from mlic.data.coco import load_coco
 from mlic.data.csv import load_csv
 from mlic.data.nuswide import load_nuswide
 from mlic.data.sources import DATASETS, load_split
 from mlic.data.voc import VOC_CLASSES, load_voc
-from mlic.errors import BadImageError, DataFormatError
 
 # --------------------------------------------------------------------------------------------------------------- COCO
 # Category ids 1, 3, 7 are non-contiguous and their names sort differently: id order zebra, apple, mango;

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mlic import metrics
-from mlic.config import RunConfig
-from mlic.recipes import apply_recipe, list_recipes
+from mlic.core.config import RunConfig
 from mlic.train import fit
 from mlic.train.early_stopping import EarlyStopping
+from mlic.train.recipes import apply_recipe, list_recipes
 from mlic.train.sam import SAM
 
 

@@ -10,20 +10,22 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score
 
-from mlic import shift
-from mlic.config import RunConfig
-from mlic.io import atomic_save_npz
+from mlic.core.config import RunConfig
+from mlic.core.io import atomic_save_npz
+from mlic.runs import Run
+from mlic.studies import shift
 
 
 def _predictions(run_dir: Path, split: str, scores: np.ndarray, targets: np.ndarray) -> None:
-    atomic_save_npz(run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets.astype(np.uint8),
+    atomic_save_npz(Run(run_dir).predictions_file(split), scores=scores, targets=targets.astype(np.uint8),
                     image_ids=np.arange(len(scores)), class_names=np.asarray(["a", "b", "c"]))
 
 
 def test_drop_table_measures_points_and_share() -> None:
-    frame = pd.DataFrame({"method": ["x", "y"], "mAP_test": [80.0, 60.0], "mAP_test_shift": [40.0, 54.0]})
-    out = shift.drop_table(frame).set_index("method")
-    assert out.loc["x", "drop"] == 40.0 and out.loc["x", "relative_drop"] == 0.5
+    frame = pd.DataFrame({"variant": ["x", "y", "x"], "seed": [0, 0, 1], "test/mAP": [80.0, 60.0, 82.0],
+                          "test_shift/mAP": [40.0, 54.0, 42.0]})
+    out = shift.drop_table(frame).set_index("method")  # means over seeds
+    assert out.loc["x", "drop"] == 40.0 and out.loc["x", "relative_drop"] == 40.0 / 81.0
     assert out.loc["y", "drop"] == pytest.approx(6.0) and list(out.index) == ["y", "x"]  # smallest drop first
 
 
@@ -82,11 +84,13 @@ def test_companion_energy_averages_pairs_with_companions_only() -> None:
     assert per_label.loc["b", "x"] == 0.2 and "y" not in per_label.columns
 
 
-def test_summary_metrics_carry_each_method_and_the_correlation() -> None:
-    drops = shift.drop_table(pd.DataFrame({"method": list("abc"), "mAP_test": [80.0, 70.0, 60.0],
-                                           "mAP_test_shift": [30.0, 40.0, 50.0]}))
+def test_method_metrics_carry_each_method_and_the_headline_the_correlation() -> None:
+    drops = shift.drop_table(pd.DataFrame({"variant": list("abc"), "test/mAP": [80.0, 70.0, 60.0],
+                                           "test_shift/mAP": [30.0, 40.0, 50.0]}))
     energy = pd.DataFrame({"method": list("abc"), "companion_energy": [0.3, 0.2, 0.1], "pointing": [0.5, 0.6, 0.7]})
-    out = shift.summary_metrics(shift.drop_vs_energy(drops, energy))
-    assert out["a"] == {"test_mAP": 80.0, "test_shift_mAP": 30.0, "drop": 50.0, "companion_energy": 0.3,
-                        "pointing": 0.5}
-    assert out["correlation"]["spearman_drop_vs_companion_energy"] == pytest.approx(1.0)
+    joined = shift.drop_vs_energy(drops, energy)
+    out = shift.method_metrics(joined)
+    assert out["a"] == {"test": {"mAP": 80.0, "drop": 50.0, "companion_energy": 0.3, "pointing": 0.5},
+                        "test_shift": {"mAP": 30.0}}
+    head = shift.headline(joined, method="b")
+    assert head["test"]["mAP"] == 70.0 and head["test"]["spearman_drop_vs_companion_energy"] == pytest.approx(1.0)

@@ -10,16 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
 from mlic.data.table import LabelledImages
 from mlic.losses import create_loss, list_losses
 from mlic.losses.single_positive import ROLELoss, logit
-from mlic.single_positive import (
+from mlic.studies.single_positive import (
     compare_losses,
     estimator_by_epoch,
     estimator_scores,
     headline,
     loss_variants,
+    method_metrics,
     recovery,
     summarise,
 )
@@ -109,7 +110,7 @@ def test_bad_targets_and_missing_settings_fail_clearly() -> None:
     with pytest.raises(ValueError, match="expected_num_pos"):
         create_loss("epr")(torch.zeros(2, 3), torch.zeros(2, 3))
     role = create_loss("role", expected_num_pos=1.0)
-    with pytest.raises(RuntimeError, match="bind_dataset"):
+    with pytest.raises(RuntimeError, match="bind"):
         role(torch.zeros(2, 3), torch.zeros(2, 3), index=torch.arange(2))
     role.init_estimator(np.zeros((2, 3), dtype=np.int8))
     with pytest.raises(ValueError, match="index"):
@@ -122,15 +123,15 @@ def _table(labels: np.ndarray, observed: np.ndarray | None) -> LabelledImages:
                           observed=observed)
 
 
-def test_bind_dataset_takes_expected_positives_from_the_training_labels() -> None:
+def test_bind_takes_expected_positives_from_the_training_labels() -> None:
     labels = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 1]], dtype=np.uint8)  # 7 labels over 4 images
     observed = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.int8)
     for name in ("epr", "role"):
         loss = create_loss(name)
-        loss.bind_dataset(_table(labels, observed))
+        loss.bind(_table(labels, observed))
         assert loss.expected_num_pos == pytest.approx(1.75)
     given = create_loss("epr", expected_num_pos=2.9)
-    given.bind_dataset(_table(labels, observed))
+    given.bind(_table(labels, observed))
     assert given.expected_num_pos == 2.9
 
 
@@ -193,7 +194,7 @@ def test_role_estimator_moves_towards_the_hidden_truth_on_a_toy_problem() -> Non
     for i in range(n):
         observed[i, rng.choice(np.flatnonzero(labels[i].numpy()))] = 1
     role = ROLELoss(init_seed=0, track_truth=True)
-    role.bind_dataset(_table(labels.numpy(), observed))
+    role.bind(_table(labels.numpy(), observed))
     before = role.track()
     torch.manual_seed(0)
     model = torch.nn.Linear(c, c)
@@ -241,7 +242,7 @@ def test_recovery_counts_hidden_positives_by_hand() -> None:
 
 
 def test_role_gets_its_own_optimiser_group_at_ten_times_the_learning_rate() -> None:
-    from mlic.config import OptimConfig
+    from mlic.core.config import OptimConfig
     from mlic.train.optim import build_optimizer
 
     role = create_loss("role")
@@ -262,20 +263,20 @@ def test_loss_variants_train_bce_on_full_labels_and_track_role() -> None:
 @pytest.mark.slow
 def test_comparison_trains_every_loss_on_observed_labels_and_reads_the_estimator(scenes_root: Path,
                                                                                  tmp_path: Path) -> None:
-    from mlic.recipes import apply_recipe
+    from mlic.train.recipes import apply_recipe
 
     cfg = apply_recipe(tiny_config(scenes_root, tmp_path / "runs"), "spml_linear_role").updated(
         {"train.epochs": 3, "model.freeze_backbone": True})
     runs, curves = compare_losses(cfg, ["bce", "an", "role"], [0, 1], partial={"mode": "single_positive"})
-    assert list(runs["loss"]) == ["bce", "bce", "an", "an", "role", "role"]
-    assert {"mAP_test", "mAP_test_shift", "mAP_train", "hidden_recall"} <= set(runs.columns)
+    assert list(runs["variant"]) == ["bce", "an", "role", "bce", "an", "role"]
+    assert {"test/mAP", "test_shift/mAP", "train/mAP", "hidden_recall"} <= set(runs.columns)
     assert runs["hidden_positives"].nunique() == 1 and runs["hidden_positives"].iloc[0] > 0
-    role_dir = Path(runs.loc[runs["loss"] == "role", "run_dir"].iloc[0])
+    role_dir = Path(runs.loc[runs["variant"] == "role", "run_dir"].iloc[0])
     theta = estimator_scores(role_dir)
     assert theta.shape == (96, 20)
     assert list(curves["epoch"].unique()) == [0, 1, 2, 3] and sorted(curves["seed"].unique()) == [0, 1]
     # the last point is the final estimator itself
-    from mlic.single_positive import observed_training_table
+    from mlic.studies.single_positive import observed_training_table
 
     table = observed_training_table(cfg, {"mode": "single_positive"})
     last = curves[(curves["seed"] == 0) & (curves["epoch"] == 3)].iloc[0]
@@ -283,33 +284,36 @@ def test_comparison_trains_every_loss_on_observed_labels_and_reads_the_estimator
     direct = estimator_by_epoch(role_dir, table.labels, table.observed)
     pd.testing.assert_frame_equal(direct, curves[curves["seed"] == 0].drop(columns="seed").reset_index(drop=True))
     summary = summarise(runs, ["test", "test_shift"])
-    assert list(summary["loss"]) == ["bce", "an", "role"] and (summary["seeds"] == 2).all()
-    assert summary.loc[0, "mAP_test_mean"] == pytest.approx(runs["mAP_test"].iloc[:2].mean())
+    assert list(summary["variant"]) == ["bce", "an", "role"] and (summary["seeds"] == 2).all()
+    bce = runs[runs["variant"] == "bce"]
+    assert summary.loc[0, "test/mAP_mean"] == pytest.approx(bce["test/mAP"].mean())
     assert np.isnan(summary.loc[0, "estimator_hidden_recall_std"])
     metrics = headline(summary, ["test", "test_shift"])
-    assert metrics["test"]["mAP"] == metrics["test"]["mAP_role"]
+    assert metrics["test"]["mAP"] == pytest.approx(runs.loc[runs["variant"] == "role", "test/mAP"].mean())
+    methods = method_metrics(summary, ["test", "test_shift"])
+    assert methods["role"]["test"] == metrics["test"] and methods["bce"]["train"]["hidden_recall"] >= 0
     with pytest.raises(ValueError, match="not a ROLE run"):
-        estimator_scores(runs["run_dir"].iloc[2])
+        estimator_scores(runs["run_dir"].iloc[1])
 
 
 @pytest.mark.slow
 def test_role_trains_end_to_end_in_the_engine_and_resumes_with_its_estimator(scenes_root: Path,
                                                                              tmp_path: Path) -> None:
+    from mlic.runs import Run
     from mlic.train import fit
-    from mlic.train.checkpoint import load_checkpoint
 
     cfg = tiny_config(scenes_root, tmp_path / "run", **{
         "data.partial": {"mode": "single_positive"}, "loss.name": "role", "loss.kwargs": {"track_truth": True},
         "optim.name": "adam", "optim.scheduler": "constant", "train.ema_decay": None, "train.epochs": 2})
     result = fit(cfg)
     assert math.isfinite(result.metrics["test"]["mAP"])
-    state = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")["loss_state"]
+    state = Run(Path(cfg.output_dir)).state("last")["loss_state"]
     assert state["estimator_logits"].shape == (96, 20)
     steps = len(state["_extra_state"]["history"])
     assert steps == 2 * (96 // 16)  # one record per training step (drop_last: 6 full batches per epoch)
     # a finished run resumed restores the estimator and its history from last.pt (weights_only) and trains nothing
-    resumed = fit(cfg.updated({"train.resume": True}))
-    again = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")["loss_state"]
+    resumed = fit(cfg.updated({"runtime.resume": True}))
+    again = Run(Path(cfg.output_dir)).state("last")["loss_state"]
     assert len(resumed.history) == 2 and again["_extra_state"] == state["_extra_state"]
     torch.testing.assert_close(again["estimator_logits"], state["estimator_logits"])
     assert isinstance(RunConfig.from_yaml(Path(cfg.output_dir) / "config.yaml").data.partial, dict)
@@ -319,7 +323,7 @@ def test_observed_share_by_class_and_the_figures_on_planted_tables() -> None:
     from matplotlib.figure import Figure
 
     from mlic import plots
-    from mlic.single_positive import observed_share_by_class
+    from mlic.studies.single_positive import observed_share_by_class
 
     labels = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=np.uint8)
     observed = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0]], dtype=np.int8)
@@ -327,8 +331,8 @@ def test_observed_share_by_class_and_the_figures_on_planted_tables() -> None:
     # class 0: 1 of 3 positives observed, class 1: 1 of 2, class 2: 1 of 1
     np.testing.assert_allclose(shares["share"], [1 / 3, 1 / 2, 1.0])
     assert isinstance(plots.observed_share(shares), Figure)
-    runs = pd.DataFrame({"loss": ["bce", "an", "role", "role"], "seed": [0, 0, 0, 1],
-                         "mAP_test": [60.0, 50.0, 52.0, 54.0], "mAP_test_shift": [25.0, 20.0, 21.0, 22.0],
+    runs = pd.DataFrame({"variant": ["bce", "an", "role", "role"], "seed": [0, 0, 0, 1],
+                         "test/mAP": [60.0, 50.0, 52.0, 54.0], "test_shift/mAP": [25.0, 20.0, 21.0, 22.0],
                          "hidden_recall": [0.6, 0.02, 0.3, 0.4], "precision": [0.7, 0.7, 0.5, 0.6],
                          "estimator_hidden_recall": [np.nan, np.nan, 0.2, 0.3],
                          "estimator_precision": [np.nan, np.nan, 0.6, 0.6]})
@@ -340,8 +344,8 @@ def test_observed_share_by_class_and_the_figures_on_planted_tables() -> None:
     assert isinstance(plots.estimator_agreement(curves), Figure)
     assert isinstance(plots.estimator_agreement(curves.iloc[:0]), Figure)  # no ROLE run: an empty panel
     summary = summarise(runs, ["test", "test_shift"])
-    assert summary.set_index("loss").loc["role", "mAP_test_mean"] == 53.0
-    assert summary.set_index("loss").loc["role", "mAP_test_std"] == pytest.approx(np.std([52, 54], ddof=1))
+    assert summary.set_index("variant").loc["role", "test/mAP_mean"] == 53.0
+    assert summary.set_index("variant").loc["role", "test/mAP_std"] == pytest.approx(np.std([52, 54], ddof=1))
     import matplotlib.pyplot as plt
 
     plt.close("all")

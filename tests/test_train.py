@@ -17,13 +17,16 @@ import torch
 import yaml
 
 from mlic import metrics
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
+from mlic.core.errors import BadImageError, TrainingDivergedError
+from mlic.core.io import read_jsonl
+from mlic.data import load_split
 from mlic.data.dataset import ImageDataset, build_transforms
-from mlic.errors import BadImageError, TrainingDivergedError
-from mlic.evaluate import evaluate_checkpoint, load_predictions
-from mlic.io import read_jsonl
-from mlic.losses import LOSSES
-from mlic.train import fit, load_checkpoint
+from mlic.inference import evaluate_checkpoint
+from mlic.losses import LOSSES, MultiLabelLoss
+from mlic.models.heads import Head
+from mlic.runs import Run
+from mlic.train import fit
 from mlic.train.optim import parameter_groups
 from tests.conftest import tiny_config
 
@@ -41,25 +44,25 @@ def test_run_folder_is_complete_and_self_describing(tiny_cfg: RunConfig) -> None
     final = json.loads((run / "final.json").read_text())
     assert set(final["metrics"]) == {"val", "test", "test_shift"}
     assert {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_OF1"} <= set(final["metrics"]["test"])
-    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    best = Run(run).state("best")
     assert best["weights"] == final["weights"] == result.weights
     assert best["class_names"] == final["class_names"] and len(best["class_names"]) == 20
     assert best["config"] == tiny_cfg.to_dict()
-    preds = load_predictions(run, "test")
+    preds = Run(run).predictions("test")
     assert preds["scores"].shape == preds["targets"].shape == (48, 20)
     assert len(preds["image_ids"]) == 48 and len(set(preds["image_ids"])) == 48
 
 
 def test_reported_metrics_come_from_the_saved_best_weights(tiny_cfg: RunConfig) -> None:
     result = fit(tiny_cfg)
-    again = evaluate_checkpoint(result.run_dir / "checkpoints" / "best.pt", splits=["test"], device="cpu")
+    again = evaluate_checkpoint(result.run_dir, splits=["test"], device="cpu")
     for key in ("mAP", "CF1", "OF1"):
         assert again["test"][key] == pytest.approx(result.metrics["test"][key], abs=1e-4)
 
 
 def test_metrics_equal_a_recomputation_from_saved_predictions(tiny_cfg: RunConfig) -> None:
     result = fit(tiny_cfg)
-    preds = load_predictions(result.run_dir, "test_shift")
+    preds = Run(result.run_dir).predictions("test_shift")
     recomputed = metrics.evaluate(preds["scores"], preds["targets"])
     assert recomputed["mAP"] == pytest.approx(result.metrics["test_shift"]["mAP"])
 
@@ -82,7 +85,7 @@ def test_resume_after_kill_reaches_the_same_final_metrics(scenes_root: Path, tmp
     killed_cfg = tiny_config(scenes_root, tmp_path / "killed", **overrides)
     killed_cfg.to_yaml(tmp_path / "killed.yaml")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mlic.cli", "train", "--config", str(tmp_path / "killed.yaml")]
+    cmd = [sys.executable, "-m", "mlic", "train", "--config", str(tmp_path / "killed.yaml")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_rows(tmp_path / "killed" / "metrics.jsonl", 2, proc)
@@ -92,7 +95,7 @@ def test_resume_after_kill_reaches_the_same_final_metrics(scenes_root: Path, tmp
         if proc.poll() is None:
             proc.kill()
     assert not (tmp_path / "killed" / "final.json").exists()
-    last = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    last = Run(tmp_path / "killed").state("last")
     assert 1 <= last["epoch"] < 3
     subprocess.run(cmd + ["--resume"], env=env, check=True, capture_output=True, timeout=300)
 
@@ -104,11 +107,11 @@ def test_resume_after_kill_reaches_the_same_final_metrics(scenes_root: Path, tmp
             assert resumed["metrics"][split][key] == pytest.approx(values[key], abs=1e-3), (split, key)
 
 
-class _NaNOnSecondEpoch(torch.nn.Module):
+class _NaNOnSecondEpoch(MultiLabelLoss):
     """BCE that turns NaN after a number of calls: a stand-in for a diverging run."""
 
     def __init__(self, after: int = 6) -> None:
-        super().__init__()
+        super().__init__(reduction="mean")
         self.calls = 0
         self.after = after
 
@@ -124,7 +127,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_cfg
     cfg = tiny_cfg.updated({"loss.name": "nan_after_epoch", "loss.kwargs": {"after": 6}, "train.epochs": 3})
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
         fit(cfg)  # 96 images / 16 = 6 steps per epoch: the 7th call (epoch 2) is NaN
-    last = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")
+    last = Run(Path(cfg.output_dir)).state("last")
     assert last["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
     assert not (Path(cfg.output_dir) / "final.json").exists()
@@ -165,7 +168,7 @@ def test_frozen_backbone_caches_features_and_trains_only_the_head(tiny_cfg: RunC
     second = fit(cfg.updated({"output_dir": str(tmp_path / "again")}))
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps  # reused, not recomputed
     assert second.metrics["test"]["mAP"] == pytest.approx(first.metrics["test"]["mAP"], abs=1e-6)
-    start = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "best.pt")["state_dict"]
+    start = Run(Path(cfg.output_dir)).state("best")["state_dict"]
     from mlic.models import create_model
 
     torch.manual_seed(cfg.train.seed)  # the engine seeds before building the model: same initial weights
@@ -199,21 +202,21 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
 
 
 def test_cli_train_help_explains_options() -> None:
-    out = subprocess.run([sys.executable, "-m", "mlic.cli", "train", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "mlic", "train", "--help"], capture_output=True, text=True,
                          check=True).stdout
     for flag in ("--data-root", "--backbone", "--freeze-backbone", "--resume", "--set", "--device"):
         assert flag in out
 
 
 def test_cli_set_overrides_and_print_config(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mlic.cli", "train", "--epochs", "3", "--set",
+    out = subprocess.run([sys.executable, "-m", "mlic", "train", "--epochs", "3", "--set",
                           "loss.kwargs={gamma_neg: 2}", "--print-config"], capture_output=True, text=True,
                          check=True).stdout
     cfg = RunConfig.from_dict(yaml.safe_load(out))
     assert cfg.train.epochs == 3 and cfg.loss.kwargs == {"gamma_neg": 2}
 
 
-class _AuxHead(torch.nn.Module):
+class _AuxHead(Head):
     """A linear head with a constant-gradient auxiliary loss and a recorded per-image output, to test the hooks."""
 
     recorded_aux = ("probe",)
@@ -246,17 +249,17 @@ def test_head_aux_losses_are_trained_and_recorded_outputs_saved(scenes_root: Pat
                                                          "optim.weight_decay": 0.0, "train.ema_decay": 0.0})
     result = fit(cfg)
     steps = sum(1 for _ in range(cfg.train.epochs)) * int(np.ceil(96 / 16))
-    state = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["state_dict"]
+    state = Run(result.run_dir).state("last")["state_dict"]
     # SGD with momentum 0.9 on a constant gradient 1: w after n steps is −lr·Σ_k (1−0.9^k)/0.1
     expected = -cfg.optim.lr * sum((1 - 0.9 ** k) / 0.1 for k in range(1, steps + 1))
     assert float(state["head.aux_weight"]) == pytest.approx(expected, rel=1e-4)
-    preds = load_predictions(result.run_dir, "test")
+    preds = Run(result.run_dir).predictions("test")
     assert preds["aux_probe"].shape == (len(preds["scores"]), 2)
     np.testing.assert_array_equal(preds["aux_probe"][:, 1], 1.0)
 
 
 def test_extra_modules_train_at_their_learning_rate_multiplier() -> None:
-    from mlic.config import OptimConfig
+    from mlic.core.config import OptimConfig
     from mlic.train.optim import build_optimizer, build_scheduler
 
     class Estimator(torch.nn.Module):
@@ -284,7 +287,7 @@ def test_compiled_training_forward_matches_eager(scenes_root: Path, tmp_path: Pa
     the plumbing and that the compiled graph is the same computation; inductor needs a compiler and minutes)."""
     over = {"model.freeze_backbone": True, "train.ema_decay": 0.0, "train.epochs": 2}
     eager = fit(tiny_config(scenes_root, tmp_path / "eager", **over))
-    compiled = fit(tiny_config(scenes_root, tmp_path / "compiled", **over, **{"train.compile": "eager"}))
+    compiled = fit(tiny_config(scenes_root, tmp_path / "compiled", **over, **{"runtime.compile": "eager"}))
     for split, values in eager.metrics.items():
         assert compiled.metrics[split]["mAP"] == pytest.approx(values["mAP"], abs=1e-3)
 
@@ -292,7 +295,7 @@ def test_compiled_training_forward_matches_eager(scenes_root: Path, tmp_path: Pa
 def test_resume_refuses_a_different_number_of_epochs(tiny_cfg: RunConfig) -> None:
     fit(tiny_cfg)
     with pytest.raises(ValueError, match="planned for 2 epochs, the config asks for 3"):
-        fit(tiny_cfg.updated({"train.epochs": 3, "train.resume": True}))
+        fit(tiny_cfg.updated({"train.epochs": 3, "runtime.resume": True}))
 
 
 def test_feature_cache_key_changes_when_an_image_is_replaced(scenes_root: Path, tmp_path: Path) -> None:
@@ -311,3 +314,102 @@ def test_feature_cache_key_changes_when_an_image_is_replaced(scenes_root: Path, 
     shutil.copyfile(table.paths[1], first)  # another image's bytes at the same path
     os.utime(first, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert cache_key(backbone, table, {"image_size": 32}) != before
+
+
+# ------------------------------------------------------------------------------------------- defects of the engine
+@pytest.mark.slow
+def test_ema_warmup_follows_the_global_step(tiny_cfg: RunConfig) -> None:
+    """timm's warm-up decay after step t is 1 − (1 + (t − 1))^(−2/3) (capped at `ema_decay`): 0 at the first
+    update, 1 − 2^(−2/3) at the second. Without warm-up the decay is `ema_decay` from the first step, as in the
+    references."""
+    from mlic.train import Trainer
+
+    def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    for warmup in (True, False):
+        trainer = Trainer(tiny_cfg.updated({"train.ema_warmup": warmup, "train.ema_decay": 0.999,
+                                            "output_dir": tiny_cfg.output_dir + str(warmup)}))
+        start = weights(trainer.ema_target)
+        batches = iter(trainer.train_batches.epoch(0))
+        trainer.train_step(next(batches))
+        first = weights(trainer.ema_target)
+        trainer.train_step(next(batches))
+        second = weights(trainer.ema_target)
+        ema = weights(trainer.ema.module)
+        assert trainer.step == 2
+        if warmup:
+            d = 1 - 2 ** (-2 / 3)
+            expected = {k: d * first[k] + (1 - d) * second[k] for k in ema}
+        else:
+            after_one = {k: 0.999 * start[k] + 0.001 * first[k] for k in ema}
+            expected = {k: 0.999 * after_one[k] + 0.001 * second[k] for k in ema}
+        for k in ema:
+            torch.testing.assert_close(ema[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_without_a_validation_split_the_last_epoch_is_reported_and_skips_are_counted_once(
+        scenes_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes_root, root)
+    broken = sorted((root / "images" / "train").glob("*.png"))[:2]
+    for path in broken:
+        path.write_bytes(b"not a png")
+    cfg = tiny_config(root, tmp_path / "run", **{"data.val_split": None, "train.epochs": 3,
+                                                  "train.ema_decay": None})
+    result = fit(cfg)
+    rows = read_jsonl(Run(cfg.output_dir).history_file)
+    assert all("val_mAP" not in row for row in rows)  # no number pretends to be a validation score
+    assert result.best_epoch == 2 and Run(cfg.output_dir).state("best")["epoch"] == 2  # the last epoch
+    assert [row["skipped_images"] for row in rows] == [2, 2, 2]  # the same two images, not 2 more each epoch
+    assert sorted(Run(cfg.output_dir).final["skipped_images"]) == sorted(str(p) for p in broken)
+
+
+def _voc_from_scenes(scenes_root: Path, out: Path) -> Path:
+    """A VOC-layout dataset of Scenes images where the `dog` objects of every other image are marked difficult."""
+    from PIL import Image
+
+    from mlic.data.voc import VOC_CLASSES
+    from tests.test_readers import _voc_object, _voc_xml
+
+    root = out / "VOCdevkit" / "VOC2007"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for split, voc_split in (("train", "trainval"), ("test", "test")):
+        table = load_split("scenes", scenes_root, split)
+        ids = []
+        for i in range(len(table)):
+            image_id = f"{split}{i:04d}"
+            Image.open(table.paths[i]).convert("RGB").save(root / "JPEGImages" / f"{image_id}.jpg")
+            objects = [_voc_object(VOC_CLASSES[c], int(VOC_CLASSES[c] == "dog" and i % 2 == 0), (1, 1, 20, 20))
+                       for c in np.flatnonzero(table.labels[i])]
+            (root / "Annotations" / f"{image_id}.xml").write_text(_voc_xml(image_id, objects))
+            ids.append(image_id)
+        (root / "ImageSets" / "Main" / f"{voc_split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_voc_difficult_objects_are_left_out_of_evaluation(scenes_root: Path, tmp_path: Path) -> None:
+    """Under `difficult: ignore` a difficult-only class is unknown in the image: neither a positive nor a negative
+    in the reported metrics, as the VOC protocol has it (the saved predictions carry the mask)."""
+    from mlic.data.voc import VOC_CLASSES
+
+    root = _voc_from_scenes(scenes_root, tmp_path)
+    cfg = tiny_config(root, tmp_path / "run", **{
+        "data.dataset": "voc", "data.train_split": "trainval", "data.val_split": None, "data.eval_splits": ["test"],
+        "train.epochs": 1, "model.freeze_backbone": True, "train.ema_decay": None})
+    result = fit(cfg)
+    saved = Run(result.run_dir).predictions("test")
+    table = load_split("voc", root, "test")
+    dog = VOC_CLASSES.index("dog")
+    assert table.observed is not None and (table.observed[:, dog] == 0).any()
+    np.testing.assert_array_equal(saved["mask"], table.observed != 0)
+    masked = metrics.evaluate(saved["scores"], saved["targets"], mask=saved["mask"])
+    unmasked = metrics.evaluate(saved["scores"], saved["targets"])
+    assert result.metrics["test"]["mAP"] == pytest.approx(masked["mAP"])
+    assert masked["CF1"] != unmasked["CF1"] or masked["mAP"] != unmasked["mAP"]

@@ -8,6 +8,7 @@ from mlic.data import csv as csv
 from mlic.data import nuswide as nuswide
 from mlic.data import partial as partial
 from mlic.data import scenes as scenes
+from mlic.data import subsets as subsets
 from mlic.data import voc as voc
 from mlic.data.coco import load_coco as load_coco
 from mlic.data.csv import load_csv as load_csv
@@ -16,6 +17,7 @@ from mlic.data.partial import simulate_observed as simulate_observed
 from mlic.data.scenes import make_scenes as make_scenes
 from mlic.data.sources import DATASETS as DATASETS
 from mlic.data.sources import load_split as load_split
+from mlic.data.subsets import restrict_labels as restrict_labels
 from mlic.data.table import LabelledImages as LabelledImages
 from mlic.data.table import summary_table as summary_table
 from mlic.data.voc import load_voc as load_voc

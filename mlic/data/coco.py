@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mlic.core.errors import BadImageError, DataFormatError
 from mlic.data.sources import DATASETS
 from mlic.data.table import LabelledImages
-from mlic.errors import BadImageError, DataFormatError
 
 logger = logging.getLogger(__name__)
 

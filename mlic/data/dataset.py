@@ -19,8 +19,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from mlic.core.errors import BadImageError
 from mlic.data.table import LabelledImages
-from mlic.errors import BadImageError
 
 log = logging.getLogger(__name__)
 

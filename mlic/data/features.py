@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mlic.core.io import atomic_write_json
 from mlic.data.dataset import ImageDataset, collate_skipping
 from mlic.data.table import LabelledImages
-from mlic.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

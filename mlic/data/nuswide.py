@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from mlic.core.errors import DataFormatError
 from mlic.data.sources import DATASETS
 from mlic.data.table import LabelledImages
-from mlic.errors import DataFormatError
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ promised for the same platform and library versions (numpy, Pillow, zlib).
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import logging
 import math
@@ -44,10 +45,10 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from tqdm.auto import tqdm
 
+from mlic.core.io import atomic_write_json, atomic_write_text
 from mlic.data.coco import load_coco
 from mlic.data.sources import DATASETS
 from mlic.data.table import LabelledImages
-from mlic.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,26 @@ class ScenesKnobs:
         if problems:
             raise ValueError("make_scenes: " + "; ".join(problems))
 
+    @classmethod
+    def of(cls, base: ScenesKnobs, **values: Any) -> ScenesKnobs:
+        """`base` with `values` replaced, each converted to its field's literal type (so `noise=0` and `noise=0.0`
+        write the same JSON); an unknown name is an error naming the valid ones."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"make_scenes: unknown knob(s) {unknown}; valid: {sorted(fields)}")
+        merged = {**asdict(base), **values}
+        typed = {}
+        for name, value in merged.items():
+            default = getattr(cls, name, None) if name in fields else None
+            if isinstance(default, tuple):
+                typed[name] = tuple(float(v) for v in value)
+            elif isinstance(default, bool) or default is None:
+                typed[name] = value
+            else:
+                typed[name] = type(default)(value)
+        return cls(**typed)
+
     def split_sizes(self) -> dict[str, int]:
         """Images per split, keyed by split name."""
         return dict(zip(SPLITS, (self.n_train, self.n_val, self.n_test, self.n_shift)))
@@ -194,31 +215,19 @@ class _Object:
 
 def make_scenes(
     out_dir: str | Path,
+    knobs: ScenesKnobs | None = None,
     *,
     seed: int = 0,
-    image_size: int = 64,
-    n_train: int = 4000,
-    n_val: int = 1000,
-    n_test: int = 1000,
-    n_shift: int = 1000,
-    context_strength: float = 0.8,
-    object_scale: tuple[float, float] = (0.3, 0.5),
-    clutter: float = 0.5,
-    noise: float = 0.03,
-    max_objects: int = 4,
-    mean_labels: float = 2.9,
-    max_overlap: float = 0.3,
-    label_skew: float = 1.0,
-    context_skew: float = 0.6,
     overwrite: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    **knob_values: Any,
 ) -> Path:
     """Generate the Scenes benchmark under `out_dir` and return `out_dir` as a Path.
 
     Writes `images/<split>/<split>_<index:06d>.png`, `annotations/<split>.json` (COCO instances with tight boxes) for
-    the splits train, val, test and test_shift, and `meta.json` last (class names, planted groups, contexts, each
-    image's context, knobs, label statistics), so a crash never leaves a `meta.json` behind.
+    every split of `SPLITS`, and `meta.json` last (class names, planted groups, contexts, each image's context,
+    knobs, label statistics), so a crash never leaves a `meta.json` behind.
 
     If `out_dir/meta.json` already records the same seed, knobs and generator version, nothing is redone (a cache);
     if it records different ones, a `FileExistsError` names the differences unless `overwrite=True`.
@@ -228,23 +237,14 @@ def make_scenes(
 
     Args:
         out_dir: the dataset root.
+        knobs: every setting that changes the files (`ScenesKnobs`, whose docstring explains each); None: the
+            defaults.
         seed: the seed; the same seed and knobs give byte-identical files.
-        image_size: side of the square RGB images, in pixels.
-        n_train, n_val, n_test, n_shift: images per split (`n_shift` is test_shift).
-        context_strength: probability that a label comes from the image's context group rather than from all labels
-            (0 removes the planted co-occurrence; 1 keeps every label inside the group when it can).
-        object_scale: (lo, hi) object height as a fraction of the image side, uniform per object.
-        clutter: mean number (Poisson) of distractor scribbles and blobs per image, which are not labels.
-        noise: standard deviation of Gaussian pixel noise, as a fraction of 255.
-        max_objects: the most labels per image (each label appears once); the least is 1.
-        mean_labels: target mean of labels per image (COCO: about 2.9).
-        max_overlap: the most an object's box may be covered by another's, as a fraction of the smaller box.
-        label_skew: Zipf exponent of the label weights inside each group (long tail; 0 is uniform).
-        context_skew: Zipf exponent of the context probabilities (0 is uniform).
         overwrite: regenerate even when `out_dir` holds a (different or identical) finished dataset.
         progress: show a tqdm progress bar.
         workers: processes that render images; `None` picks up to 2 for large jobs and 1 for small ones. It does not
             change the output.
+        **knob_values: single `ScenesKnobs` fields replacing those of `knobs` (``n_train=96``, ``image_size=32``).
 
     Returns:
         The dataset root.
@@ -255,22 +255,7 @@ def make_scenes(
     """
     if seed < 0:
         raise ValueError(f"make_scenes: seed must be >= 0, got {seed}")
-    knobs = ScenesKnobs(  # literal types fixed here, so that noise=0 and noise=0.0 write the same JSON
-        image_size=int(image_size),
-        n_train=int(n_train),
-        n_val=int(n_val),
-        n_test=int(n_test),
-        n_shift=int(n_shift),
-        context_strength=float(context_strength),
-        object_scale=(float(object_scale[0]), float(object_scale[1])),
-        clutter=float(clutter),
-        noise=float(noise),
-        max_objects=int(max_objects),
-        mean_labels=float(mean_labels),
-        max_overlap=float(max_overlap),
-        label_skew=float(label_skew),
-        context_skew=float(context_skew),
-    )
+    knobs = ScenesKnobs.of(knobs or ScenesKnobs(), **knob_values)
     root = Path(out_dir)
     if _is_cached(root, seed, knobs, overwrite):
         logger.info("Scenes already generated in %s (seed %d); reusing it", root, seed)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlic.core.registry import Registry
 from mlic.data.table import LabelledImages
-from mlic.registry import Registry
 
 DATASETS: Registry[LabelledImages] = Registry("dataset")
 

@@ -84,6 +84,11 @@ class LabelledImages:
             source=self.source,
         )
 
+    def evaluation_mask(self) -> np.ndarray | None:
+        """`[N, C]` booleans of the entries that count in evaluation: the observed ones (VOC's difficult objects
+        under `difficult="ignore"` are unknown, neither positive nor negative); None when every entry counts."""
+        return None if self.observed is None else self.observed != 0
+
     def with_observed(self, observed: np.ndarray) -> LabelledImages:
         """The same table with an observed-label matrix attached (for partial / single-positive training)."""
         table = self.subset(np.arange(len(self)))

@@ -19,15 +19,15 @@ Paper and reference versus `mlic`:
   so the ratio of the terms — hence the optimum — is the reference's; ``reduction="sum"`` gives its exact values.
 - Teacher targets are logits (no sigmoid), as in the reference. Its ``--metric kl`` option (a softmax KL across
   classes, odd for multi-label) is not provided.
-- Teacher logits come from a cache written after the teachers trained (`mlic.cpsd`), computed in eval mode on the
-  un-augmented (evaluation-transform) training images, and are looked up by the samples' dataset `index`. The
+- Teacher logits come from a cache written after the teachers trained (`mlic.studies.cpsd`), computed in eval mode
+  on the un-augmented (evaluation-transform) training images, and are looked up by the samples' dataset `index`. The
   reference runs its teachers online, on the student's augmented batch and — a bug — in train mode. In frozen-backbone
   mode there is no augmentation, so the two coincide apart from that bug.
 - A label `mask` (partial labels) applies to the classification term only: the teachers' logits exist for every
   label.
 
 A teacher file is an ``.npz`` with ``logits`` ``[N, C]`` (float), ``image_ids`` ``[N]`` and ``class_names`` ``[C]``;
-`bind_dataset(table)` (called by the training engine with the training table) aligns its rows to the table's images by
+`bind(table)` (called by the training engine with the training table) aligns its rows to the table's images by
 id, so a table that is a subset or a reordering of the teacher's images works.
 """
 
@@ -62,7 +62,7 @@ def load_teacher_logits(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"teacher logits file {path} does not exist; train the teachers first "
-                                "(mlic.cpsd / `mlic cpsd`)")
+                                "(mlic.studies.cpsd / `mlic cpsd`)")
     with np.load(path, allow_pickle=False) as data:
         missing = {"logits", "image_ids", "class_names"} - set(data.files)
         if missing:
@@ -114,7 +114,7 @@ class _TeacherBank:
     def lookup(self, index: Tensor | None, device: torch.device) -> Tensor:
         """``[T, B, C]`` teacher logits of the samples `index`."""
         if self.logits is None:
-            raise RuntimeError("teacher logits are not bound: the engine calls bind_dataset(train_table) before "
+            raise RuntimeError("teacher logits are not bound: the engine calls bind(train_table) before "
                                "training; call it (or set_teacher_logits) when using the loss directly")
         if index is None:
             raise ValueError("distillation needs the samples' dataset `index` to look up their teacher logits")
@@ -128,7 +128,7 @@ class LogitDistillationLoss(MultiLabelLoss):
     """Knowledge distillation as the MSE between student and teacher logits.
 
     With `teacher` (a teacher-logits file), the teacher's logits of each sample are looked up by `index` after
-    `bind_dataset` and `targets` are ignored: a pure distillation objective. Without it, `targets` are taken to be the
+    `bind` and `targets` are ignored: a pure distillation objective. Without it, `targets` are taken to be the
     teacher's logits, so ``loss(student_logits, teacher_logits)`` works directly.
 
     Args:
@@ -140,7 +140,7 @@ class LogitDistillationLoss(MultiLabelLoss):
         super().__init__(reduction=reduction)
         self.bank = _TeacherBank({"teacher": teacher}) if teacher else None
 
-    def bind_dataset(self, table: Any) -> None:
+    def bind(self, table: Any) -> None:
         """Load the teacher's logits aligned to the rows of the training table."""
         if self.bank is not None:
             self.bank.bind(table)
@@ -169,8 +169,8 @@ class DistilledStudentLoss(MultiLabelLoss):
         base: the classification loss's registered name (ASL by default, as in the paper).
         base_kwargs: its kwargs (its reduction is set to `reduction`).
         reduction: ``"mean"`` (each term's sum over B·C; default) or ``"sum"`` (the reference's values).
-        teacher_digest: identifies the teachers' logits (set by `mlic.cpsd`); it has no effect on the loss but, being
-            part of the run's config, marks a student of since-retrained teachers as stale.
+        teacher_digest: identifies the teachers' logits (set by `mlic.studies.cpsd`); it has no effect on the loss
+            but, being part of the run's config, makes a student of since-retrained teachers another run.
     """
 
     def __init__(self, *, teachers: Mapping[str, str] | None = None, alpha: float = 0.5, cls_weight: float = 0.5,
@@ -192,11 +192,10 @@ class DistilledStudentLoss(MultiLabelLoss):
         self.base = create_loss(base, **{**dict(base_kwargs or {}), "reduction": reduction})
         self.teacher_digest = teacher_digest
 
-    def bind_dataset(self, table: Any) -> None:
+    def bind(self, table: Any) -> None:
         """Load every teacher's logits aligned to the rows of the training table (the engine calls this)."""
         self.bank.bind(table)
-        if hasattr(self.base, "bind_dataset"):
-            self.base.bind_dataset(table)
+        self.base.bind(table)
 
     def set_teacher_logits(self, logits: Mapping[str, Tensor | np.ndarray]) -> None:
         """Give the teachers' logits directly (``[N, C]`` each, rows = dataset indices), e.g. in tests."""

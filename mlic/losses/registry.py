@@ -28,14 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mlic.registry import Registry
+from mlic.core.registry import Registry
 
 REDUCTIONS = ("mean", "sum", "none")
 
-LOSSES: Registry[nn.Module] = Registry("loss")
 
 
-def create_loss(name: str | nn.Module, **kwargs: Any) -> nn.Module:
+def create_loss(name: str | MultiLabelLoss, **kwargs: Any) -> MultiLabelLoss:
     """Build the loss registered as `name`.
 
     Args:
@@ -127,9 +126,20 @@ def _broadcast_mask(mask: Tensor, shape: torch.Size) -> Tensor:
 class MultiLabelLoss(nn.Module):
     """Base class holding the `reduction` of a multi-label loss; subclasses implement `forward`.
 
+    The protocol the training engine relies on, declared here with its defaults:
+
+    - `uses_observed`: the loss takes the *observed*-label matrix (1 / 0 / -1 for positive / unknown / negative) as
+      its targets, not the true labels masked to the observed entries (the single-positive losses);
+    - `lr_mult`: the loss's own parameters (ROLE's label estimator) train at `optim.lr × lr_mult`;
+    - `bind(table)`: called once with the training split before training, for losses that need it (teacher logits
+      aligned to its images, the expected number of positives, an estimator of one row per image).
+
     Args:
         reduction: ``"mean"`` (over counted entries), ``"sum"`` or ``"none"``; see the module docstring.
     """
+
+    uses_observed: bool = False
+    lr_mult: float = 1.0
 
     def __init__(self, *, reduction: str = "mean") -> None:
         super().__init__()
@@ -140,6 +150,13 @@ class MultiLabelLoss(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
+    def bind(self, table: Any) -> None:
+        """Learn what the loss needs from the training split `table` (a `LabelledImages`); nothing by default."""
+
     def reduce(self, loss: Tensor, mask: Tensor | None) -> Tensor:
         """Mask and reduce per-entry losses with this loss's `reduction`."""
         return reduce_loss(loss, mask, self.reduction)
+
+
+LOSSES: Registry[MultiLabelLoss] = Registry("loss")
+"""Losses by name: each a `MultiLabelLoss` factory (`create_loss`, `list_losses`)."""

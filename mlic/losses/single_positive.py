@@ -24,12 +24,12 @@ Paper and reference versus `mlic`:
   reference's.
 - ``expected_num_pos``: the reference hard-codes per-dataset constants (pascal 1.5, coco 2.9 in the commit read for
   `mlic`'s notes, 2.5 in an earlier one, nuswide 1.9, cub 31.4), which are the mean number of true labels per image.
-  Given as ``None`` (the default), `bind_dataset` computes that mean from the training table's true labels; the engine
+  Given as ``None`` (the default), `bind` computes that mean from the training table's true labels; the engine
   calls it before training.
 - Reductions: ``"sum"`` is ``Σ loss_mtx + reg``; ``"none"`` returns the ``[B, C]`` loss matrix without the
   regulariser. A ``mask`` (not used by the engine for these losses) drops entries as in the common contract and makes
   ``"mean"`` divide by the number of counted entries.
-- ROLE's estimator is a parameter of the loss module (``estimator_logits``, ``[N, C]``) created by `bind_dataset` from
+- ROLE's estimator is a parameter of the loss module (``estimator_logits``, ``[N, C]``) created by `bind` from
   the training table's observed labels; the engine gives it its own optimiser group at ``lr × lr_mult`` (10, the
   reference's) without weight decay, and saves it in ``checkpoints/last.pt`` (``loss_state``). The reference's
   ``linear_init`` mode carries the estimator from the linear phase into fine-tuning; a new run here starts a fresh one.
@@ -178,7 +178,7 @@ class _ExpectedPositives:
 
     expected_num_pos: float | None
 
-    def bind_dataset(self, table: LabelledImages) -> None:
+    def bind(self, table: LabelledImages) -> None:
         """Set `expected_num_pos` to the training table's mean number of true labels per image, unless given."""
         if self.expected_num_pos is None:
             self.expected_num_pos = _mean_labels_per_image(table)
@@ -187,7 +187,7 @@ class _ExpectedPositives:
 
     def _k(self) -> float:
         if self.expected_num_pos is None:
-            raise ValueError(f"{type(self).__name__} needs expected_num_pos: pass it, or call bind_dataset(table) "
+            raise ValueError(f"{type(self).__name__} needs expected_num_pos: pass it, or call bind(table) "
                              "(the training engine does) to take it from the training labels")
         return self.expected_num_pos
 
@@ -200,7 +200,7 @@ class ExpectedPositiveRegularizedLoss(_ExpectedPositives, _ObservedLabelLoss):
     unknown entries. Regulariser: ``(mean_b Σ_c p_bc − k)² / C²`` (``norm="1"``: the absolute value).
 
     Args:
-        expected_num_pos: ``k``; None (default) takes the training labels' mean per image in `bind_dataset`.
+        expected_num_pos: ``k``; None (default) takes the training labels' mean per image in `bind`.
         norm: ``"2"`` (the reference's) or ``"1"``.
         reduction: ``"mean"`` (the reference's, default), ``"sum"`` or ``"none"``.
     """
@@ -239,11 +239,11 @@ class ROLELoss(_ExpectedPositives, _ObservedLabelLoss):
     regulariser is ``0.5 · (R(p) + R(est)) / C²`` with EPR's ``R``.
 
     Args:
-        expected_num_pos: ``k``; None (default) takes the training labels' mean per image in `bind_dataset`.
+        expected_num_pos: ``k``; None (default) takes the training labels' mean per image in `bind`.
         lr_mult: Learning-rate multiplier of the estimator's optimiser group (the reference's 10).
         init_seed: Seed of the uniform initialisation of the unobserved logits; None (default) draws from torch's
             global generator (which the engine seeds with ``train.seed``), as the reference does.
-        track_truth: If True, `bind_dataset` keeps the training table's true labels (never used in the loss) and
+        track_truth: If True, `bind` keeps the training table's true labels (never used in the loss) and
             each training call appends the estimator's agreement with them to `history` (see `track`). For analysis.
         reduction: ``"mean"`` (the reference's, default), ``"sum"`` or ``"none"``.
     """
@@ -268,10 +268,10 @@ class ROLELoss(_ExpectedPositives, _ObservedLabelLoss):
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ the estimator
-    def bind_dataset(self, table: LabelledImages) -> None:
+    def bind(self, table: LabelledImages) -> None:
         """Create the estimator for `table` (its observed labels; with none, every true label counts as observed,
         which is what the engine then passes as targets) and set `expected_num_pos` if not given."""
-        super().bind_dataset(table)
+        super().bind(table)
         if table.observed is None:
             log.warning("ROLE: the training table has no observed-label matrix, so every true label is an observed "
                         "positive; set data.partial to simulate single positives")
@@ -303,7 +303,7 @@ class ROLELoss(_ExpectedPositives, _ObservedLabelLoss):
     def estimates(self) -> Tensor:
         """``sigmoid(θ)`` for every training example, ``[N, C]`` (detached, on θ's device)."""
         if self.estimator_logits is None:
-            raise RuntimeError("ROLE's label estimator does not exist yet: call bind_dataset(table) first")
+            raise RuntimeError("ROLE's label estimator does not exist yet: call bind(table) first")
         return torch.sigmoid(self.estimator_logits.detach())
 
     @torch.no_grad()
@@ -346,7 +346,7 @@ class ROLELoss(_ExpectedPositives, _ObservedLabelLoss):
     def terms(self, probs: Tensor, positive: Tensor, unknown: Tensor, negative: Tensor,
               index: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if self.estimator_logits is None:
-            raise RuntimeError("ROLE's label estimator does not exist yet: call bind_dataset(table) first (the "
+            raise RuntimeError("ROLE's label estimator does not exist yet: call bind(table) first (the "
                                "training engine does)")
         if index is None:
             raise ValueError("ROLE needs `index`, the batch's row indices in the training table")

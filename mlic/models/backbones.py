@@ -17,8 +17,8 @@ import timm
 import torch
 from torch import nn
 
-from mlic.errors import WeightsUnavailableError
-from mlic.registry import Registry
+from mlic.core.errors import WeightsUnavailableError
+from mlic.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,7 @@ class MultiLabelClassifier(nn.Module):
         features = inputs if from_features else self.forward_features(inputs)
         if not with_aux_loss:
             return self.head(features)
-        forward_train = getattr(self.head, "forward_train", None)
-        return forward_train(features) if forward_train is not None else (self.head(features), {})
+        return self.head.forward_train(features)
 
     def forward_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and the head's auxiliary tensors (attention, gates, ...)."""

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlic.io import atomic_path
-from mlic.registry import Registry
+from mlic.core.io import atomic_path
+from mlic.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from mlic.core.io import atomic_path
 from mlic.data.table import LabelledImages
-from mlic.io import atomic_path
 
 __all__ = [
     "save", "label_frequencies", "labels_per_image", "sample_grid", "training_curves", "per_class_ap",
@@ -154,7 +154,7 @@ def query_attention(examples: dict[str, Any], *, top_k: int = 3, title: str = ""
     """Each image beside the attention maps of its `top_k` highest-scoring classes' queries (ML-Decoder, Query2Label).
 
     Args:
-        examples: `mlic.compare.attention_examples(...)`: `images` `[n, S, S, 3]`, `attention` `[n, C, h, w]`,
+        examples: `mlic.studies.heads.attention_examples(...)`: `images` `[n, S, S, 3]`, `attention` `[n, C, h, w]`,
             `scores` `[n, C]`, `labels` `[n, C]`, `class_names`.
         top_k: classes shown per image, by score; titles mark true labels ✓ and false ones ✗.
         title: figure title (e.g. the head's name).
@@ -204,9 +204,11 @@ def similarity_vs_cooccurrence(similarity: np.ndarray, cooccurrence: np.ndarray,
 
 def head_comparison(table: pd.DataFrame, *, splits: Sequence[str] = ("test", "test_shift"),
                     metric: str = "mAP", cost: str = "latency_ms") -> Figure:
-    """Heads side by side: `metric` per split (bars) and `metric` on the first split against a cost column."""
-    data = pd.DataFrame([{"head": row["head"], "split": split, metric: row[f"{metric}_{split}"]}
-                         for _, row in table.iterrows() for split in splits if f"{metric}_{split}" in row])
+    """Heads side by side (rows of `mlic.studies.heads.train_heads`: `variant` is the head): `metric` per split (bars,
+    mean over seeds) and `metric` on the first split against a cost column (the first seed)."""
+    first_seed = table.drop_duplicates("variant")
+    data = pd.DataFrame([{"head": row["variant"], "split": split, metric: row[f"{split}/{metric}"]}
+                         for _, row in table.iterrows() for split in splits if f"{split}/{metric}" in row])
     fig, (ax_bar, ax_cost) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     sns.barplot(data=data, x="head", y=metric, hue="split", ax=ax_bar)
     for container in ax_bar.containers:
@@ -215,11 +217,11 @@ def head_comparison(table: pd.DataFrame, *, splits: Sequence[str] = ("test", "te
     ax_bar.legend(loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=len(splits), fontsize=8, frameon=False)
     ax_bar.set_ylim(0, 1.15 * float(data[metric].max() or 1.0))
     ax_bar.set(xlabel="", ylabel=f"{metric} (%)", title=f"{metric} per head")
-    first = f"{metric}_{splits[0]}"
+    first = f"{splits[0]}/{metric}"
     if cost in table and first in table:
-        ax_cost.scatter(table[cost], table[first])
-        for _, row in table.iterrows():
-            ax_cost.annotate(row["head"], (row[cost], row[first]), fontsize=7, xytext=(3, 3),
+        ax_cost.scatter(first_seed[cost], first_seed[first])
+        for _, row in first_seed.iterrows():
+            ax_cost.annotate(row["variant"], (row[cost], row[first]), fontsize=7, xytext=(3, 3),
                              textcoords="offset points")
         ax_cost.set(xlabel=cost, ylabel=f"{first} (%)", title=f"{metric} vs {cost}")
     fig.tight_layout()
@@ -402,8 +404,8 @@ def ari_per_k(frame: pd.DataFrame, *, y: str = "ari", title: str = "Recovered pa
 
 def _metric_long(frame: pd.DataFrame, metric: str, splits: Sequence[str]) -> pd.DataFrame:
     keep = [c for c in ("variant", "k", "seed") if c in frame]
-    long = frame.melt(id_vars=keep, value_vars=[f"{s}_{metric}" for s in splits], var_name="split", value_name=metric)
-    long["split"] = long["split"].str.removesuffix(f"_{metric}")
+    long = frame.melt(id_vars=keep, value_vars=[f"{s}/{metric}" for s in splits], var_name="split", value_name=metric)
+    long["split"] = long["split"].str.removesuffix(f"/{metric}")
     return long
 
 
@@ -458,7 +460,7 @@ def k_sweep(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] =
 def label_gain(frame: pd.DataFrame, *, x: str = "strength", y: str = "gain",
                title: str = "Per-label gain vs co-occurrence strength") -> Figure:
     """Per-label AP gain of a variant over the baseline against the label's co-occurrence strength, per split, with
-    a least-squares line per split (rows of `mlic.cpsd.per_label_gain`)."""
+    a least-squares line per split (rows of `mlic.studies.cpsd.per_label_gain`)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     palette = sns.color_palette("deep")
     for colour, (split, rows) in zip(palette, frame.groupby("split", sort=False)):
@@ -480,7 +482,7 @@ def label_gain(frame: pd.DataFrame, *, x: str = "strength", y: str = "gain",
 
 def training_cost(costs: pd.DataFrame, *, title: str = "Training cost per variant") -> Figure:
     """Stacked bars of teacher and student seconds per variant, the number of teachers written beside them (rows of
-    `mlic.cpsd.variant_costs`)."""
+    `mlic.studies.cpsd.variant_costs`)."""
     fig, ax = plt.subplots(figsize=(6.0, 0.5 * len(costs) + 1.5))
     y = np.arange(len(costs))
     palette = sns.color_palette("deep")

@@ -1,5 +1,6 @@
 """Mixture-of-experts figures: heads over seeds, gate heatmaps per label and per image, routing against label
-statistics, expert utilisation, and an ipywidgets gate explorer (notebook 05_moe; the numbers come from `mlic.moe`)."""
+statistics, expert utilisation, and an ipywidgets gate explorer (notebook 05_moe; the numbers come from
+`mlic.studies.moe`)."""
 
 from __future__ import annotations
 
@@ -21,17 +22,17 @@ __all__ = ["moe_heads", "gate_heatmaps", "gates_per_image", "routing_vs_labels",
 def moe_heads(table: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
               title: str = "Heads, mean ± std over seeds") -> Figure:
     """Mean ± std over seeds of each head's `metric`, one panel per split, each seed as a dot (rows of
-    `mlic.moe.train_seeds`: columns `head`, `seed`, `<metric>_<split>`)."""
+    `mlic.studies.moe.train_seeds`: columns `variant` (the head), `seed`, `<split>/<metric>`)."""
     fig, axes = plt.subplots(1, len(splits), figsize=(4.4 * len(splits), 3.6), squeeze=False)
     for ax, split in zip(axes[0], splits):
-        column = f"{metric}_{split}"
-        sns.barplot(data=table, x="head", y=column, errorbar="sd", ax=ax, color=sns.color_palette("deep")[0],
+        column = f"{split}/{metric}"
+        sns.barplot(data=table, x="variant", y=column, errorbar="sd", ax=ax, color=sns.color_palette("deep")[0],
                     alpha=0.75, capsize=0.15)
-        sns.stripplot(data=table, x="head", y=column, ax=ax, color="black", size=3.5, jitter=0.15)
+        sns.stripplot(data=table, x="variant", y=column, ax=ax, color="black", size=3.5, jitter=0.15)
         low, high = float(table[column].min()), float(table[column].max())
         pad = max(1.0, 0.25 * (high - low))
         ax.set_ylim(low - 3 * pad, high + pad)
-        for i, value in enumerate(table.groupby("head", sort=False)[column].mean()):
+        for i, value in enumerate(table.groupby("variant", sort=False)[column].mean()):
             ax.text(i, low - 2.7 * pad, f"{value:.1f}", ha="center", va="bottom", fontsize=8, color="white",
                     fontweight="bold")
         ax.set(title=split, xlabel="", ylabel=f"{metric} (%)")
@@ -43,7 +44,8 @@ def moe_heads(table: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str]
 
 def gate_heatmaps(mean_gates: dict[str, np.ndarray], class_names: Sequence[str], slots: Sequence[str], *,
                   title: str = "Mean gate weight per label") -> Figure:
-    """One label × slot heatmap per head (`mlic.moe.mean_gates`), weights in [0, 1], annotated when small enough."""
+    """One label × slot heatmap per head (`mlic.studies.moe.mean_gates`), weights in [0, 1], annotated when small
+    enough."""
     heads = list(mean_gates)
     fig, axes = plt.subplots(1, len(heads), figsize=(1.2 + 0.75 * len(slots) * len(heads) + 1.6 * len(heads),
                                                      0.8 + 0.26 * len(class_names)), squeeze=False)
@@ -72,7 +74,7 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
     Args:
         gates: `[N, E]` the label's gate weights on N images (e.g. those holding it).
         contexts: `[N]` context index of each image.
-        slots: the E slot names (`mlic.moe.slot_names`).
+        slots: the E slot names (`mlic.studies.moe.slot_names`).
         context_names: names of the context indices.
         label_name, head: for the title.
         max_images: a random sample of at most this many images is drawn (left panel only).
@@ -121,8 +123,9 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
 def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
                       xs: Sequence[str] = ("frequency", "heterogeneity"), annotate: bool = True) -> Figure:
     """Per label, `y` (default: the share of routing to shared experts) against label statistics, one panel per
-    column of `xs`, one colour per head, Spearman ρ per head in the legend (rows of `mlic.moe.label_routing`); a head
-    whose `y` is the same for every label (static gates' context dependence) is drawn unlabelled, marked constant."""
+    column of `xs`, one colour per head, Spearman ρ per head in the legend (rows of
+    `mlic.studies.moe.label_routing`); a head whose `y` is the same for every label (static gates' context
+    dependence) is drawn unlabelled, marked constant."""
     heads = list(dict.fromkeys(frame["head"]))
     colours = sns.color_palette("deep", len(heads))
     fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
@@ -145,7 +148,7 @@ def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
 
 def expert_utilisation(utilisation: dict[str, pd.DataFrame], *, column: str = "utilisation",
                        uniform: float | None = None, bins: int = 20) -> Figure:
-    """Histogram of the experts' `column` (rows of `mlic.moe.expert_utilisation`), one panel per head, specific
+    """Histogram of the experts' `column` (rows of `mlic.studies.moe.expert_utilisation`), one panel per head, specific
     and shared experts stacked; a dashed line at `uniform` (1/E: what uniform routing gives every expert)."""
     heads = list(utilisation)
     fig, axes = plt.subplots(1, len(heads), figsize=(4.6 * len(heads), 3.4), squeeze=False, sharey=True)

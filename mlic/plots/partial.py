@@ -20,7 +20,7 @@ def _name(loss: str) -> str:
 
 def observed_share(shares: pd.DataFrame, *, title: str = "Which positives get observed") -> Figure:
     """Per class, the share of its true positives that the simulation observed, one bar per variant (rows of
-    `mlic.single_positive.observed_share_by_class`; e.g. the label biases uniform / size / loc)."""
+    `mlic.studies.single_positive.observed_share_by_class`; e.g. the label biases uniform / size / loc)."""
     order = (shares.groupby("label", sort=False)["share"].mean().sort_values(ascending=False).index.tolist())
     fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * len(order)), 3.6))
     sns.barplot(data=shares, x="label", y="share", hue="variant", order=order, ax=ax)
@@ -33,12 +33,12 @@ def observed_share(shares: pd.DataFrame, *, title: str = "Which positives get ob
 def spml_losses(runs: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
                 title: str = "One observed positive per image vs full labels") -> Figure:
     """Mean ± std over seeds of each loss, one panel per split, seeds as dots (rows of
-    `mlic.single_positive.compare_losses`); the full-label BCE bar is hatched as the upper bound."""
-    splits = [s for s in splits if f"{metric}_{s}" in runs]
-    long = runs.melt(id_vars=["loss", "seed"], value_vars=[f"{metric}_{s}" for s in splits], var_name="split",
+    `mlic.studies.single_positive.compare_losses`); the full-label BCE bar is hatched as the upper bound."""
+    splits = [s for s in splits if f"{s}/{metric}" in runs]
+    long = runs.melt(id_vars=["variant", "seed"], value_vars=[f"{s}/{metric}" for s in splits], var_name="split",
                      value_name=metric)
-    long["split"] = long["split"].str.removeprefix(f"{metric}_")
-    long["method"] = long["loss"].map(_name)
+    long["split"] = long["split"].str.removesuffix(f"/{metric}")
+    long["method"] = long["variant"].map(_name)
     order = list(dict.fromkeys(long["method"]))
     fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits), 3.8), squeeze=False)
     for ax, split in zip(axes[0], splits):
@@ -82,8 +82,8 @@ def estimator_agreement(curves: pd.DataFrame, *, keys: Sequence[str] = ("hidden_
 def recovered_positives(runs: pd.DataFrame, *, title: str = "Hidden training positives recovered at 0.5") -> Figure:
     """Per loss, the share of the training positives it never saw that its classifier scores ≥ 0.5 (recall) and
     the precision of what it flags among unobserved entries, mean ± std over seeds; ROLE's estimator as its own
-    bars (rows of `mlic.single_positive.compare_losses`)."""
-    frames = [pd.DataFrame({"method": runs["loss"].map(_name), "recall": 100 * runs["hidden_recall"],
+    bars (rows of `mlic.studies.single_positive.compare_losses`)."""
+    frames = [pd.DataFrame({"method": runs["variant"].map(_name), "recall": 100 * runs["hidden_recall"],
                             "precision": 100 * runs["precision"]})]
     if "estimator_hidden_recall" in runs:
         est = runs.dropna(subset=["estimator_hidden_recall"])

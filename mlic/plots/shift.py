@@ -14,12 +14,12 @@ __all__ = ["shift_drops", "label_drop_heatmap", "drop_vs_companion_energy", "lab
 def shift_drops(drops: pd.DataFrame, *, metric: str = "mAP", splits: tuple[str, str] = ("test", "test_shift")
                 ) -> Figure:
     """Per method: `metric` on both splits side by side, the drop written above each pair (smallest drop left)."""
-    long = drops.melt(id_vars="method", value_vars=[f"{metric}_{s}" for s in splits], var_name="split",
+    long = drops.melt(id_vars="method", value_vars=[f"{s}/{metric}" for s in splits], var_name="split",
                       value_name=metric)
-    long["split"] = long["split"].str.removeprefix(f"{metric}_")
+    long["split"] = long["split"].str.removesuffix(f"/{metric}")
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(drops) + 2), 4.2))
     sns.barplot(long, x="method", y=metric, hue="split", order=list(drops["method"]), ax=ax)
-    top = drops[[f"{metric}_{s}" for s in splits]].max(axis=1).to_numpy()
+    top = drops[[f"{s}/{metric}" for s in splits]].max(axis=1).to_numpy()
     for i, (drop, height) in enumerate(zip(drops["drop"], top)):
         ax.text(i, height + 1, f"−{drop:.1f}", ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, min(100.0, float(np.nanmax(top)) + 10))

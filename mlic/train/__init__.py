@@ -1,7 +1,5 @@
-"""Training: `fit(cfg) -> RunResult`, the engine's pieces (EMA, optimisers, checkpoints)."""
+"""Training: `fit(cfg) -> RunResult` and the engine's pieces (EMA, SAM, optimisers, distributed, recipes)."""
 
-from mlic.train.checkpoint import load_checkpoint as load_checkpoint
-from mlic.train.checkpoint import save_checkpoint as save_checkpoint
 from mlic.train.engine import RunResult as RunResult
 from mlic.train.engine import Trainer as Trainer
 from mlic.train.engine import fit as fit

@@ -1,10 +1,10 @@
 """The training engine: `fit(cfg)` builds data, model, loss and optimiser from a `RunConfig`, trains with EMA,
 OneCycle and early stopping, keeps the better of the EMA and raw weights, and leaves a self-describing run folder.
 
-Run folder: `config.yaml`, `metrics.jsonl` (one row per epoch), `final.json`, `predictions/<split>.npz` (scores,
-targets, image ids) and `checkpoints/{last,best}.pt`. With `resume=True` a killed run continues from `last.pt`; each
-epoch's data order and augmentation draws are seeded from (seed, epoch), so the resumed run ends where an
-uninterrupted one would.
+The run folder's layout is `mlic.runs.Run`'s: config, per-epoch metrics, final metrics, predictions per split and
+the best and last checkpoints. With `runtime.resume` a killed run continues from its last checkpoint; each epoch's
+data order and augmentation draws are seeded from (seed, epoch), and the EMA's warm-up from the global step, so the
+resumed run ends where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from tqdm import tqdm
 
 import mlic
 from mlic import metrics
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
+from mlic.core.errors import BadImageError, TrainingDivergedError
+from mlic.core.io import append_jsonl, atomic_save_npz, atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint
 from mlic.data.dataset import ImageDataset, build_transforms, collate_skipping
 from mlic.data.features import FeatureDataset, cached_features
 from mlic.data.sources import load_split
 from mlic.data.table import LabelledImages
-from mlic.errors import BadImageError, TrainingDivergedError
-from mlic.io import append_jsonl, atomic_save_npz, atomic_write_json, read_jsonl
-from mlic.losses import create_loss
+from mlic.losses import MultiLabelLoss, create_loss
 from mlic.models import backbone_data_config, create_model
 from mlic.models.classifier import MultiLabelClassifier
+from mlic.runs import Run
 from mlic.train import distributed
-from mlic.train.checkpoint import load_checkpoint, save_checkpoint
 from mlic.train.early_stopping import EarlyStopping
 from mlic.train.ema import create_ema
 from mlic.train.optim import build_optimizer, build_scheduler
@@ -94,7 +94,7 @@ class Batches:
                         "std": list(std)}
             feats = cached_features(model, images, settings=settings, device=device,
                                     batch_size=data.eval_batch_size or data.batch_size,
-                                    num_workers=data.num_workers, progress=cfg.train.progress)
+                                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress)
             self.features = FeatureDataset(feats, table)
         drop_last = train and not self.frozen and len(table) > self.batch_size
         self.sampler = distributed.ShardedBatchSampler(len(table), self.batch_size, shuffle=train, drop_last=drop_last,
@@ -106,7 +106,7 @@ class Batches:
                                          normalize=data.normalize) if train else eval_transform
             self.images = ImageDataset(table, transform, bad_images=data.bad_images)
             self.generator = torch.Generator()
-            self.loader = DataLoader(self.images, batch_sampler=self.sampler, num_workers=data.num_workers,
+            self.loader = DataLoader(self.images, batch_sampler=self.sampler, num_workers=cfg.runtime.num_workers,
                                      collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                                      persistent_workers=False, generator=self.generator)
 
@@ -148,14 +148,14 @@ def _aux_outputs(model: nn.Module, batch: dict[str, Any], device: torch.device, 
     return model.forward_aux(inputs)
 
 
-def _loss_targets(batch: dict[str, Any], device: torch.device, loss_fn: nn.Module) -> dict[str, Any]:
+def _loss_targets(batch: dict[str, Any], device: torch.device, loss_fn: MultiLabelLoss) -> dict[str, Any]:
     """Targets for the loss: observed labels for partial-label losses, else true labels masked to observed ones."""
     target = batch["target"].to(device, non_blocking=True)
     observed = batch.get("observed")
     kwargs: dict[str, Any] = {"index": batch["index"].to(device)}
     if observed is not None:
         observed = observed.to(device, non_blocking=True)
-        if getattr(loss_fn, "uses_observed", False):
+        if loss_fn.uses_observed:
             return {"targets": observed, **kwargs}
         kwargs["mask"] = observed != 0
     return {"targets": target, **kwargs}
@@ -166,8 +166,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.run_dir = Path(cfg.output_dir)
-        self.device = distributed.init_from_env(resolve_device(cfg.train.device))
+        self.run = Run(cfg.output_dir)
+        self.run_dir = self.run.path
+        self.device = distributed.init_from_env(resolve_device(cfg.runtime.device))
         self.world = distributed.world_size()
         self.main = distributed.is_main()
         if cfg.data.batch_size % self.world:
@@ -179,6 +180,7 @@ class Trainer:
         data = cfg.data
         opts = dict(data.options)
         self.train_table = _limit(load_split(data.dataset, data.root, data.train_split, **opts), data.max_train_images)
+        self.train_eval_table = self.train_table  # evaluation on the training split uses its labels as read
         if data.partial:  # single-positive / partial-label training: observed labels simulated from the full ones
             from mlic.data.partial import simulate_observed
             self.train_table = simulate_observed(self.train_table, **data.partial)
@@ -193,9 +195,8 @@ class Trainer:
         m = cfg.model
         self.model = create_model(m.backbone, m.head, len(self.class_names), pretrained=m.pretrained,
                                   head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs).to(self.device)
-        bind_head = getattr(self.model.head, "bind_dataset", None)
-        if bind_head is not None:  # graph heads: label graph and label embeddings from the training split
-            bind_head(self.train_table)
+        # graph heads: label graph and label embeddings; MoE heads: label groups (from the training split)
+        self.model.head.bind(self.train_table.labels, self.train_table.class_names)
         if m.freeze_backbone:
             self.model.backbone.requires_grad_(False)
         self.cuda = self.device.type == "cuda"
@@ -214,14 +215,13 @@ class Trainer:
                 if tune_on != data.train_split:
                     raise ValueError(f"threshold_split {tune_on!r} is neither the training split nor an evaluated "
                                      "split")
-                self.eval_batches[tune_on] = make(self.train_table, False)
+                self.eval_batches[tune_on] = make(self.train_eval_table, False)
 
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.kwargs)
-        if hasattr(self.loss_fn, "bind_dataset"):
-            self.loss_fn.bind_dataset(self.train_table)
+        self.loss_fn.bind(self.train_table)
         self.loss_fn.to(self.device)
         # DDP averages gradients over ranks: a loss summed over the batch needs ×world to match one process
-        self.loss_scale = float(self.world) if getattr(self.loss_fn, "reduction", "mean") == "sum" else 1.0
+        self.loss_scale = float(self.world) if self.loss_fn.reduction == "sum" else 1.0
         self.train_model: nn.Module = self.model
         if self.world > 1:
             if self.cuda and cfg.train.sync_batchnorm and not m.freeze_backbone:
@@ -230,8 +230,8 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.cuda else None,
                 find_unused_parameters=cfg.train.find_unused_parameters)
-        if cfg.train.compile:
-            backend = cfg.train.compile if isinstance(cfg.train.compile, str) else "inductor"
+        if cfg.runtime.compile:
+            backend = cfg.runtime.compile if isinstance(cfg.runtime.compile, str) else "inductor"
             self.train_model = torch.compile(self.train_model, backend=backend)
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=[self.loss_fn])
         steps = len(self.train_batches)
@@ -252,8 +252,9 @@ class Trainer:
         self.start_epoch = 0
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
         self.stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_smoothing)
-        self.skipped: list[str] = []
-        self.progress = cfg.train.progress and self.main
+        self.skipped: set[str] = set()  # distinct unreadable images (each is met again every epoch)
+        self.step = 0  # optimiser steps so far (the EMA's warm-up counts them)
+        self.progress = cfg.runtime.progress and self.main
 
     def _ema_model(self) -> nn.Module:
         """The averaged weights as a whole classifier (the shared frozen backbone plus the averaged head)."""
@@ -286,8 +287,9 @@ class Trainer:
             "loss_state": self.loss_fn.state_dict(),
             "best": dict(self.best),
             "early_stopping": self.stopper.state_dict(),
+            "step": self.step,
         })
-        save_checkpoint(self.run_dir / "checkpoints" / "last.pt", payload)
+        save_checkpoint(self.run.checkpoint("last"), payload)
 
     def _restore(self, path: Path) -> None:
         # rank 0 reads and sends: the other machines need not see the run folder
@@ -307,14 +309,15 @@ class Trainer:
         self.best = dict(state["best"])
         self.stopper.load_state_dict(state["early_stopping"])
         self.start_epoch = int(state["epoch"]) + 1
+        self.step = int(state.get("step", self.start_epoch * self.steps_per_epoch))
         if not self.main:
             return
-        history = read_jsonl(self.run_dir / "metrics.jsonl")
+        history = read_jsonl(self.run.history_file)
         kept = [row for row in history if row["epoch"] < self.start_epoch]
         if len(kept) != len(history):  # epochs after the checkpoint were never saved: drop their rows
-            (self.run_dir / "metrics.jsonl").unlink()
+            self.run.history_file.unlink()
             for row in kept:
-                append_jsonl(self.run_dir / "metrics.jsonl", row)
+                append_jsonl(self.run.history_file, row)
         log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     # ----------------------------------------------------------------- loops
@@ -331,7 +334,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
-            self.skipped.extend(batch["skipped"])
+            self.skipped.update(batch["skipped"])
             if "target" not in batch:
                 if self.world > 1:  # skipping the step on one rank only would hang the others in DDP's all-reduce
                     raise BadImageError(f"every image of a batch shard on rank {distributed.rank()} is unreadable "
@@ -341,7 +344,7 @@ class Trainer:
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss is {loss} at epoch {epoch + 1}, step {step + 1}; the run stops here. The last good "
-                    f"checkpoint is kept at {self.run_dir / 'checkpoints' / 'last.pt'} (epoch {epoch}). Lower the "
+                    f"checkpoint is kept at {self.run.checkpoint('last')} (epoch {epoch}). Lower the "
                     "learning rate or enable grad_clip.")
             total += loss
             count += 1
@@ -387,8 +390,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.ema_target)
+        self.step += 1
+        if self.ema is not None:  # the step drives timm's warm-up; without it the decay is fixed, as in the papers
+            self.ema.update(self.ema_target, step=self.step if self.cfg.train.ema_warmup else None)
         return value
 
     @torch.inference_mode()
@@ -399,13 +403,13 @@ class Trainer:
         With `aux` (a dict to fill), the head's `recorded_aux` outputs (e.g. MoE gate weights) are collected too.
         """
         batches = self.eval_batches[split]
-        keys = tuple(getattr(model.head, "recorded_aux", ())) if aux is not None else ()
+        keys = tuple(model.head.recorded_aux) if aux is not None else ()
         was_training = model.training
         model.eval()
         scores, targets, indices = [], [], []
         try:
             for batch in batches.epoch(0):
-                self.skipped.extend(batch["skipped"])
+                self.skipped.update(batch["skipped"])
                 if "target" not in batch:
                     continue
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
@@ -434,23 +438,28 @@ class Trainer:
         return (np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
                 .astype(np.uint8), np.concatenate([p[2] for p in parts])[order])
 
+    def mask(self, split: str, rows: np.ndarray) -> np.ndarray | None:
+        """The evaluation mask of `rows` of `split` (None: every entry counts; see `LabelledImages.evaluation_mask`)."""
+        mask = self.eval_batches[split].table.evaluation_mask()
+        return None if mask is None else mask[rows]
+
     def score(self, model: nn.Module, split: str) -> dict[str, float]:
         """The selection and report metrics of `model` on `split`."""
-        scores, targets, _ = self.predict(model, split)
-        return metrics.evaluate(scores, targets, threshold=0.5)
+        scores, targets, rows = self.predict(model, split)
+        return metrics.evaluate(scores, targets, threshold=0.5, mask=self.mask(split, rows))
 
     # ----------------------------------------------------------------- the run
     def fit(self) -> RunResult:
         cfg = self.cfg
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        last = self.run_dir / "checkpoints" / "last.pt"
-        if distributed.broadcast_from_main(cfg.train.resume and last.exists()):
+        last = self.run.checkpoint("last")
+        if distributed.broadcast_from_main(cfg.runtime.resume and last.exists()):
             self._restore(last)
-        elif (self.run_dir / "metrics.jsonl").exists() and self.main:
-            (self.run_dir / "metrics.jsonl").unlink()
+        elif self.run.history_file.exists() and self.main:
+            self.run.history_file.unlink()
         if self.main:
-            cfg.to_yaml(self.run_dir / "config.yaml")
+            cfg.to_yaml(self.run.config_file)
         log.info("run %s: %d train images, %d classes, device %s, %s", self.run_dir, len(self.train_table),
                  len(self.class_names), self.device, "frozen backbone" if cfg.model.freeze_backbone else "end to end")
         val_split = cfg.data.val_split
@@ -466,23 +475,23 @@ class Trainer:
                     row[f"val_{metric}_{name}"] = self.score(model, val_split)[metric]
                 chosen = max(candidates, key=lambda n: row[f"val_{metric}_{n}"])
                 row[f"val_{metric}"] = row[f"val_{metric}_{chosen}"]
-            else:
-                chosen = "raw"
-                row[f"val_{metric}"] = float(epoch)  # no validation split: the last epoch is the best
+                improved = row[f"val_{metric}"] > self.best["score"]
+            else:  # no validation split: the raw weights of the last epoch are the ones reported
+                chosen, improved = "raw", True
             row["weights"] = chosen
             row["epoch_seconds"] = time.perf_counter() - started
             row["skipped_images"] = len(self.skipped)
-            if row[f"val_{metric}"] > self.best["score"]:
-                self.best = {"score": row[f"val_{metric}"], "epoch": epoch, "weights": chosen}
+            if improved:
+                self.best = {"score": row.get(f"val_{metric}", float(epoch)), "epoch": epoch, "weights": chosen}
                 if self.main:
-                    save_checkpoint(self.run_dir / "checkpoints" / "best.pt",
+                    save_checkpoint(self.run.checkpoint("best"),
                                     self._payload(candidates[chosen].state_dict(), chosen, epoch))
-            stop = self.stopper.update(row[f"val_{metric}"])
+            stop = self.stopper.update(row[f"val_{metric}"]) if val_split else False
             if self.main:
-                append_jsonl(self.run_dir / "metrics.jsonl", row)
+                append_jsonl(self.run.history_file, row)
             self._save_last(epoch)
-            log.info("epoch %d: loss %.4f, val %s %.2f (%s)", epoch + 1, row["train_loss"], metric,
-                     row[f"val_{metric}"], chosen)
+            log.info("epoch %d: loss %.4f, %s (%s)", epoch + 1, row["train_loss"],
+                     f"val {metric} {row[f'val_{metric}']:.2f}" if val_split else "no validation split", chosen)
             if stop:
                 log.info("early stopping after epoch %d: no improvement for %d epochs", epoch + 1,
                          self.stopper.bad_epochs)
@@ -492,7 +501,7 @@ class Trainer:
     def finish(self) -> RunResult:
         """Evaluate the best weights on every split, save predictions and `final.json` (rank 0 writes)."""
         # rank 0 reads best.pt and sends it: other machines need not share the run folder's disk
-        best = load_checkpoint(self.run_dir / "checkpoints" / "best.pt", map_location="cpu") if self.main else None
+        best = load_checkpoint(self.run.checkpoint("best"), map_location="cpu") if self.main else None
         best = distributed.broadcast_from_main(best)
         self.model.load_state_dict(best["state_dict"])
         recorded: dict[str, dict[str, list[np.ndarray]]] = {split: {} for split in self.eval_batches}
@@ -500,39 +509,46 @@ class Trainer:
         skipped = sorted({path for part in distributed.all_gather_objects(self.skipped) for path in part})
         thresholds = None
         if self.cfg.train.threshold_split is not None:
-            scores, targets, _ = predictions[self.cfg.train.threshold_split]
-            thresholds = metrics.tune_thresholds(scores, targets)
+            split = self.cfg.train.threshold_split
+            scores, targets, rows = predictions[split]
+            thresholds = metrics.tune_thresholds(scores, targets, mask=self.mask(split, rows))
         if self.main and thresholds is not None:
-            atomic_write_json(self.run_dir / "thresholds.json",
+            atomic_write_json(self.run.thresholds_file,
                               {"split": self.cfg.train.threshold_split,
                                "thresholds": dict(zip(self.class_names, thresholds.tolist()))})
         results: dict[str, dict[str, float]] = {}
         for split, (scores, targets, idx) in predictions.items():
-            results[split] = split_metrics(scores, targets, thresholds)
+            mask = self.mask(split, idx)
+            results[split] = split_metrics(scores, targets, thresholds, mask=mask)
             if not self.main:
                 continue
             ids = np.asarray([self.eval_batches[split].table.image_ids[i] for i in idx])
             extra = {f"aux_{key}": np.concatenate(parts) for key, parts in recorded[split].items()}
-            atomic_save_npz(self.run_dir / "predictions" / f"{split}.npz", scores=scores, targets=targets,
+            if mask is not None:
+                extra["mask"] = mask
+            atomic_save_npz(self.run.predictions_file(split), scores=scores, targets=targets,
                             image_ids=ids, class_names=np.asarray(self.class_names), **extra)
-        history = distributed.broadcast_from_main(read_jsonl(self.run_dir / "metrics.jsonl") if self.main else None)
+        history = distributed.broadcast_from_main(self.run.history if self.main else None)
         if self.main:
             final = {"metrics": results, "best_epoch": int(best["epoch"]), "weights": best["weights"],
                      "epochs_run": len(history), "skipped_images": skipped, "class_names": list(self.class_names),
-                     "processes": self.world, "mlic_version": mlic.__version__}
-            atomic_write_json(self.run_dir / "final.json", final)
+                     "processes": self.world, "mlic_version": mlic.__version__,
+                     "train_seconds": float(sum(row.get("epoch_seconds", 0.0) for row in history))}
+            atomic_write_json(self.run.final_file, final)
             if skipped:
                 log.warning("%d unreadable image(s) were skipped; listed in final.json", len(skipped))
         return RunResult(self.run_dir, results, int(best["epoch"]), best["weights"], history, len(skipped))
 
 
-def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
+def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None, *,
+                  mask: np.ndarray | None = None) -> dict[str, float]:
     """The reported metrics of one split: at 0.5, top-3 (`top3_*`), and with tuned per-class thresholds
-    (`*_adaptive`, the AAM paper's Table 6) when `thresholds` are given."""
-    result = metrics.evaluate(scores, targets, threshold=0.5)
-    result.update({f"top3_{k}": v for k, v in metrics.evaluate(scores, targets, top_k=3).items() if k != "mAP"})
+    (`*_adaptive`, the AAM paper's Table 6) when `thresholds` are given; `mask` leaves unknown entries out."""
+    result = metrics.evaluate(scores, targets, threshold=0.5, mask=mask)
+    result.update({f"top3_{k}": v for k, v in metrics.evaluate(scores, targets, top_k=3, mask=mask).items()
+                   if k != "mAP"})
     if thresholds is not None:
-        adaptive = metrics.evaluate(scores, targets, thresholds=thresholds)
+        adaptive = metrics.evaluate(scores, targets, thresholds=thresholds, mask=mask)
         result.update({f"{k}_adaptive": adaptive[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")})
     return result
 

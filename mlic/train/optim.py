@@ -6,14 +6,15 @@ group with no decay, as ASL's `add_weight_decay` does. OneCycle is stepped every
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from mlic.config import OptimConfig
-from mlic.registry import Registry
+from mlic.core.config import OptimConfig
+from mlic.core.registry import Registry
+from mlic.losses.registry import MultiLabelLoss
 from mlic.train.sam import SAM
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
@@ -33,12 +34,13 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig, *, extra: list[nn.Module] = ()) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: OptimConfig, *, extra: Sequence[MultiLabelLoss] = ()
+                    ) -> torch.optim.Optimizer:
     """The optimiser named in `cfg` over `module`'s trainable parameters (decay on weights only), wrapped in SAM
     when `cfg.sam` is set.
 
-    `extra` modules (losses with parameters, such as ROLE's label estimator) get their own group without weight
-    decay, at `cfg.lr × module.lr_mult` (the attribute, default 1); the schedule keeps that ratio.
+    `extra` losses with parameters (ROLE's label estimator) get their own group without weight decay, at
+    `cfg.lr × loss.lr_mult` (declared by `MultiLabelLoss`, default 1); the schedule keeps that ratio.
     """
     groups = parameter_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
@@ -46,7 +48,7 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig, *, extra: list[nn.Modul
     for other in extra:
         params = [p for p in other.parameters() if p.requires_grad]
         if params:
-            mult = float(getattr(other, "lr_mult", 1.0))
+            mult = float(other.lr_mult)
             groups.append({"params": params, "weight_decay": 0.0, "lr": cfg.lr * mult, "lr_mult": mult})
     base = OPTIMIZERS.get(cfg.name)
     if cfg.sam:

@@ -36,16 +36,17 @@ Deliberate differences:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlic.data.table import LabelledImages
+from mlic.core.registry import Registry
 from mlic.models.heads.ml_gcn import GRAPH_LAYERS, LabelGraphHead
 from mlic.models.heads.registry import HEADS, Head, as_tokens
-from mlic.registry import Registry
 
 POOLINGS: Registry[torch.Tensor] = Registry("pooling")
 POOLINGS.register("avg")(lambda tokens: tokens.mean(dim=1))
@@ -133,14 +134,17 @@ class GraphReweightHead(LabelGraphHead):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.reweight(features, self.channel_weights()))
 
+    @property
+    def explained_aux(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The channel weights, and whatever the decoder's own outputs are (its cross-attention)."""
+        return ("channel_weights", *self.decoder.explained_aux)
+
     def forward_aux(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         weights = self.channel_weights()
         logits, aux = self.decoder.forward_aux(self.reweight(features, weights))
         return logits, {**aux, "channel_weights": weights, "adjacency": self.adjacency}
 
-    def bind_dataset(self, table: LabelledImages) -> None:
-        """Bind the graph branch, and the decoder too when it is itself a head that learns from the dataset."""
-        super().bind_dataset(table)
-        bind = getattr(self.decoder, "bind_dataset", None)
-        if bind is not None:
-            bind(table)
+    def bind(self, labels: np.ndarray, class_names: Sequence[str]) -> None:
+        """Bind the graph branch, and the decoder (a head itself) to the training labels."""
+        super().bind(labels, class_names)
+        self.decoder.bind(labels, class_names)

@@ -88,6 +88,8 @@ class MLDecoderHead(Head):
         dropout: dropout inside the layer (reference 0.1).
     """
 
+    explained_aux = ("attention", "query_of_class")
+
     def __init__(self, in_features: int, num_classes: int, *, num_groups: int = -1, decoder_embedding: int = 768,
                  num_heads: int = 8, dim_feedforward: int = 2048, num_layers: int = 1, dropout: float = 0.1,
                  cosine: bool = False, scale: float = 1.0) -> None:

@@ -7,8 +7,8 @@ read at `5517d6ff`.
 
 Faithful to the reference:
 - the correlation matrix from training co-occurrence, binarised at τ = 0.4, re-weighted with p = 0.25 the way the
-  released code does it (columns normalised, diagonal 1; `mlic.graph.mlgcn_adjacency`), propagated as `D Aᵀ D`
-  (`mlic.graph.normalize_adjacency`); it is fixed, never trained;
+  released code does it (columns normalised, diagonal 1; `mlic.models.label_graph.mlgcn_adjacency`), propagated as `D
+  Aᵀ D` (`mlic.models.label_graph.normalize_adjacency`); it is fixed, never trained;
 - `gc1: D_emb → 1024`, LeakyReLU(0.2), `gc2: 1024 → F` with no activation after it; bias-free graph convolutions
   `Â (X W)` with W ~ U(±1/√out);
 - global max pooling of the feature map, then `logits = pooled @ classifiersᵀ` with no bias.
@@ -16,10 +16,10 @@ Faithful to the reference:
 Deliberate differences:
 - label-name vectors come from `mlic.models.label_text` (`"minilm"` sentence embeddings by default, `"glove:<path>"`
   for the reference's GloVe, or `"learned"`), not from a pickled 300-d GloVe matrix;
-- the graph and the embeddings are computed from the training split by `bind_dataset(table)`, which the engine calls
-  before building the optimiser; they are buffers / frozen parameters, so they travel in checkpoints and a loaded model
-  needs no dataset. **Until bound** (e.g. a bare `create_model`) the adjacency is the identity and the embeddings are
-  random N(0, 1/D) vectors;
+- the graph and the embeddings are computed from the training split by `bind(labels, class_names)`, which the
+  engine calls before building the optimiser; they are buffers / frozen parameters, so they travel in checkpoints
+  and a loaded model needs no dataset. **Until bound** (e.g. a bare `create_model`) the adjacency is the identity
+  and the embeddings are random N(0, 1/D) vectors;
 - at inference (eval mode) the per-label classifiers depend on no image, so they are computed once and reused until a
   parameter changes (`GraphBranchCache`); training mode recomputes them every step, with gradients.
 
@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlic import graph
-from mlic.data.table import LabelledImages
+from mlic.core.registry import Registry
+from mlic.models import label_graph as graph
 from mlic.models import label_text
 from mlic.models.heads.registry import HEADS, Head, as_tokens
-from mlic.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ class GraphBranchCache:
 
 
 class LabelGraphHead(Head):
-    """Base of the graph heads: label embeddings, the ML-GCN propagation matrix, `bind_dataset`, the inference cache.
+    """Base of the graph heads: label embeddings, the ML-GCN propagation matrix, `bind`, the inference cache.
 
     Subclasses implement `compute_graph()` (the image-independent graph branch) and use `graph_output()`, which
     recomputes it with gradients in training mode and serves it from the cache in eval mode.
@@ -148,18 +147,19 @@ class LabelGraphHead(Head):
         self.graph_cache = GraphBranchCache()
         return dim
 
-    def bind_dataset(self, table: LabelledImages) -> None:
-        """Compute the propagation matrix and the label-name embeddings from the training split `table`."""
-        if table.num_classes != self.num_classes:
-            raise ValueError(f"the head has {self.num_classes} classes, the training table {table.num_classes}")
-        self.adjacency.copy_(torch.from_numpy(graph_propagation(table.labels, tau=self.tau, p=self.p)))
+    def bind(self, labels: np.ndarray, class_names: Sequence[str]) -> None:
+        """Compute the propagation matrix and the label-name embeddings from the training labels `[N, C]`."""
+        labels = np.asarray(labels)
+        if labels.shape[1] != self.num_classes:
+            raise ValueError(f"the head has {self.num_classes} classes, the training labels {labels.shape[1]}")
+        self.adjacency.copy_(torch.from_numpy(graph_propagation(labels, tau=self.tau, p=self.p)))
         if self.label_embeddings != label_text.LEARNED:
-            vectors = label_text.label_embeddings(table.class_names, self.label_embeddings)
+            vectors = label_text.label_embeddings(list(class_names), self.label_embeddings)
             with torch.no_grad():
                 self.embeddings.copy_(torch.from_numpy(vectors))
         self.bound.fill_(True)
         self.graph_cache.clear()
-        log.info("%s bound to %d training images: %d label edges, %s embeddings", type(self).__name__, len(table),
+        log.info("%s bound to %d training images: %d label edges, %s embeddings", type(self).__name__, len(labels),
                  int((self.adjacency > 0).sum()) - self.num_classes, self.label_embeddings)
 
     def compute_graph(self) -> torch.Tensor:
@@ -201,6 +201,8 @@ class MLGCNHead(LabelGraphHead):
         train_embeddings: fine-tune text embeddings (reference: fixed inputs).
         negative_slope: LeakyReLU slope between the two convolutions (reference 0.2).
     """
+
+    explained_aux = ("classifiers",)
 
     def __init__(self, in_features: int, num_classes: int, *, label_embeddings: str = "minilm",
                  embedding_dim: int = 300, hidden_dim: int = 1024, tau: float = 0.4, p: float = 0.25,

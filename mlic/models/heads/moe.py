@@ -11,7 +11,7 @@ Architecture (both heads):
    encoding, learnable label queries) turns the backbone tokens into one feature `q_c ∈ R^d` per label.
 2. **Experts.** `n_shared` shared experts (used by every label) and `n_specific` specific experts per *expert group*.
    With `expert_groups=None` every label is its own group (HSQ's task-specialised experts); an int k groups the labels
-   into k parts of a `mlic.graph.label_partition` of the training labels (computed by `bind_dataset`), a list of C
+   into k parts of a `mlic.models.label_graph.label_partition` of the training labels (computed by `bind`), a list of C
    ints is an explicit assignment — so 500 labels need not mean 500 sets of experts. An expert is a two-layer FFN
    `d → expert_hidden → d` (ReLU). All experts run batched: stacked weights and one einsum per layer, the labels laid
    out as `[groups, largest group]` (padding discarded) — no Python loop over labels.
@@ -61,8 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlic import graph
-from mlic.data.table import LabelledImages
+from mlic.models import label_graph as graph
 from mlic.models.heads.ml_decoder import attention_maps
 from mlic.models.heads.query2label import Query2LabelHead
 from mlic.models.heads.registry import HEADS, as_tokens
@@ -177,9 +176,9 @@ class MixtureOfExpertsHead(Query2LabelHead):
         n_specific: specific experts per label (or per expert group); ≥ 0, and `n_shared + n_specific ≥ 1`.
         expert_hidden: hidden width of each expert FFN (parameters: `2·d·expert_hidden` per expert).
         expert_groups: None — one group per label; int k — k groups from `group_strategy` on the training labels at
-            `bind_dataset` (until bound, label c is in group `c % k`); a list of C ints — an explicit assignment.
-        group_strategy: `mlic.graph.label_partition` strategy for an int `expert_groups` (`cgp`: labels that
-            co-occur share experts; `dgp`: labels that do not; `random`).
+            `bind` (until bound, label c is in group `c % k`); a list of C ints — an explicit assignment.
+        group_strategy: `mlic.models.label_graph.label_partition` strategy for an int `expert_groups` (`cgp`:
+            labels that co-occur share experts; `dgp`: labels that do not; `random`).
         group_seed: the partition's seed.
         gate_input: what the gate sees (see `STATIC_GATES`, `DYNAMIC_GATES`).
         routing: `softmax` (dense) or `topk` (sparse).
@@ -193,6 +192,7 @@ class MixtureOfExpertsHead(Query2LabelHead):
     """
 
     recorded_aux = ("gates",)
+    explained_aux = ("attention", "query_of_class", "gates")
     gate_inputs: tuple[str, ...] = STATIC_GATES + DYNAMIC_GATES
 
     def __init__(self, in_features: int, num_classes: int, *, n_shared: int = 1, n_specific: int = 1,
@@ -259,13 +259,14 @@ class MixtureOfExpertsHead(Query2LabelHead):
                              f"got shape {assign.shape}")
         return assign, None
 
-    def bind_dataset(self, table: LabelledImages) -> None:
-        """With an int `expert_groups`, partition the labels of the training split `table` into that many groups."""
-        if table.num_classes != self.num_classes:
-            raise ValueError(f"the head has {self.num_classes} classes, the training table {table.num_classes}")
+    def bind(self, labels: np.ndarray, class_names: Sequence[str]) -> None:
+        """With an int `expert_groups`, partition the training labels `[N, C]` into that many groups."""
+        labels = np.asarray(labels)
+        if labels.shape[1] != self.num_classes:
+            raise ValueError(f"the head has {self.num_classes} classes, the training labels {labels.shape[1]}")
         if self.partition_k is None:
             return
-        assign = graph.label_partition(table.labels, self.group_strategy, self.partition_k, seed=self.group_seed)
+        assign = graph.label_partition(labels, self.group_strategy, self.partition_k, seed=self.group_seed)
         self.group_of.copy_(torch.from_numpy(np.asarray(assign, dtype=np.int64)))
         self.bound.fill_(True)
 

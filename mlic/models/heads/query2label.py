@@ -184,6 +184,8 @@ class Query2LabelHead(Head):
         keep_input_proj: a learned `F → d` projection even when d = F (reference `--keep_input_proj`).
     """
 
+    explained_aux = ("attention", "query_of_class")
+
     def __init__(self, in_features: int, num_classes: int, *, hidden_dim: int | None = None, num_heads: int = 4,
                  enc_layers: int = 1, dec_layers: int = 2, dim_feedforward: int = 8192, dropout: float = 0.1,
                  decoder_self_attention: bool = False, keep_input_proj: bool = False) -> None:

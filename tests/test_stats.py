@@ -1,11 +1,11 @@
-"""Aggregation over seeds shared by the comparison notebooks."""
+"""Statistics over runs: aggregation over seeds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from mlic.experiments import over_seeds
+from mlic.stats import over_seeds
 
 
 def test_over_seeds_matches_numpy_and_keeps_first_appearance_order() -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class DataFormatError(ValueError):
+class MlicError(Exception):
+    """Base of the project's own errors: the command line shows them as one line (`mlic: error: ...`)."""
+
+
+class DataFormatError(MlicError, ValueError):
     """A dataset file is malformed: `path` is the file, `field` the key, tag or column, `problem` what is wrong."""
 
     def __init__(self, path: str | Path, field: str, problem: str) -> None:
@@ -15,7 +19,11 @@ class DataFormatError(ValueError):
         super().__init__(f"{self.path}: field {field!r}: {problem}")
 
 
-class BadImageError(OSError):
+class ConfigError(MlicError, ValueError):
+    """A config value is missing, unknown or of the wrong type or range; the message names the dotted field."""
+
+
+class BadImageError(MlicError, OSError):
     """An image file is missing or cannot be decoded."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
@@ -24,9 +32,9 @@ class BadImageError(OSError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(MlicError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(MlicError, RuntimeError):
     """Pretrained weights could not be obtained (offline, or no offline copy for this model)."""

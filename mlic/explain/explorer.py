@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlic import explain
 from mlic.data.table import LabelledImages
+from mlic.explain import models, scoring
+from mlic.runs import Run, is_run
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +33,21 @@ MODES: tuple[str, ...] = ("browse", "worst false positives")
 """How the image list is made: every image of the split, or the images where a label is absent but scored highest."""
 
 
-def _is_run(path: Path) -> bool:
-    """A run folder, a checkpoint file or a CPSD teacher family (part runs)."""
-    return path.is_file() or (path / "checkpoints").is_dir() or any(
-        (p / "checkpoints").is_dir() for p in path.glob("part*"))
-
-
-def expand_runs(runs: Mapping[str, str | Path] | Sequence[str | Path] | str | Path) -> dict[str, Path]:
-    """Runs by name: a mapping is kept (a value that is a folder of runs is expanded with `explain.find_runs`); a
-    path or a list of paths is named by folder."""
+def expand_runs(runs: Mapping[str, Any] | Sequence[str | Path] | str | Path) -> dict[str, Any]:
+    """Runs by name: a mapping is kept (a value that is a folder of runs is expanded with `models.find_runs`; a list
+    value is a teacher family); a path or a list of paths is named by folder."""
     if isinstance(runs, (str, Path)):
         runs = [runs]
     items = list(runs.items()) if isinstance(runs, Mapping) else [(Path(p).name, p) for p in runs]
-    out: dict[str, Path] = {}
+    out: dict[str, Any] = {}
     for name, value in items:
-        path = Path(value)
-        if _is_run(path):
-            out[str(name)] = path
-        else:
-            found = explain.find_runs(path)
-            if not found:
-                raise FileNotFoundError(f"{path}: no run folder (checkpoints/*.pt) in it")
-            out.update({f"{name}/{key}" if len(items) > 1 else key: p for key, p in found.items()})
+        if isinstance(value, (list, tuple)) or Path(value).is_file() or is_run(value):
+            out[str(name)] = value
+            continue
+        found = models.find_runs(value)
+        if not found:
+            raise FileNotFoundError(f"{value}: no run folder (with checkpoints) in it")
+        out.update({f"{name}/{key}" if len(items) > 1 else key: p for key, p in found.items()})
     if not out:
         raise ValueError("no runs to explore")
     return out
@@ -85,7 +79,7 @@ class Explorer:
         self.target_layer = target_layer
         self.threshold = threshold
         self.top_false_positives = top_false_positives
-        self._models: dict[str, explain.ExplainedModel] = {}
+        self._models: dict[str, models.ExplainedModel] = {}
         self._tables: dict[tuple[str, str, str], LabelledImages] = {}
         self._scores: dict[tuple[str, str], np.ndarray] = {}
         self._hold = 0
@@ -128,10 +122,10 @@ class Explorer:
         self.update()
 
     # ---------------------------------------------------------------- data
-    def model(self, name: str) -> explain.ExplainedModel:
+    def model(self, name: str) -> models.ExplainedModel:
         """The run `name` as an `ExplainedModel` (loaded once)."""
         if name not in self._models:
-            self._models[name] = explain.load_explained(self.runs[name], name=name, device=self.device)
+            self._models[name] = models.load_explained(self.runs[name], name=name, device=self.device)
         return self._models[name]
 
     def table(self, name: str, split: str) -> LabelledImages:
@@ -155,11 +149,9 @@ class Explorer:
         scores = None
         source = model.source
         if source is not None and source.is_dir() and len(model.parts) == 1:
-            path = source / "predictions" / f"{split}.npz"
-            if path.is_file():
-                from mlic.evaluate import load_predictions
-
-                saved = load_predictions(source, split)
+            run = Run(source)
+            if run.predictions_file(split).is_file():
+                saved = run.predictions(split)
                 same_images = [str(i) for i in saved["image_ids"]] == [str(i) for i in table.image_ids]
                 same_labels = [str(c) for c in saved["class_names"]] == list(model.class_names)
                 if same_images and same_labels:
@@ -329,7 +321,7 @@ class Explorer:
         table, size = self.table(name, split), self.model(name).image_size
         if table.boxes is None:
             return None
-        w, h = explain.image_sizes(table, [row])[0]
+        w, h = scoring.image_sizes(table, [row])[0]
         boxes = np.asarray(table.boxes[row], dtype=np.float64).reshape(-1, 5).copy()
         boxes[:, [1, 3]] *= size / w
         boxes[:, [2, 4]] *= size / h

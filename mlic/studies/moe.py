@@ -3,7 +3,7 @@ and per scene context, and how each expert is used — the numbers behind `noteb
 
 Gate weights come from a run's predictions (`aux_gates`, `[N, C, E]`, saved by the engine because the MoE heads list
 `gates` in `recorded_aux`); slot j < `n_specific` is the label's (group's) j-th specific expert, the others are the
-shared experts. Training across heads and seeds is `train_seeds`, a thin loop over `mlic.compare.train_heads`.
+shared experts. Training across heads and seeds is `train_seeds` (`mlic.studies.heads.train_heads` over seeds).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlic.compare import train_heads
-from mlic.config import RunConfig
-from mlic.evaluate import load_predictions
-from mlic.experiments import over_seeds
-from mlic.graph import cooccurrence
+from mlic.core.config import RunConfig
+from mlic.models.label_graph import cooccurrence
+from mlic.runs import Run
+from mlic.stats import over_seeds
+from mlic.studies.heads import train_heads
 
 log = logging.getLogger(__name__)
 
@@ -28,49 +28,54 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------------------
 # Training several heads over several seeds
 # --------------------------------------------------------------------------------------------------------------------
-def train_seeds(base_cfg: RunConfig, heads: dict[str, dict[str, Any]], seeds: Sequence[int]) -> pd.DataFrame:
-    """Train every head of `heads` (entries as in `mlic.compare.head_config`) once per seed, in
-    `output_dir/seed<seed>/<head>`; one row per (head, seed) with `seed` and `compare.train_heads`' columns (no
-    profiling)."""
-    frames = []
-    for seed in seeds:
-        cfg = base_cfg.updated({"train.seed": int(seed), "output_dir": str(Path(base_cfg.output_dir) / f"seed{seed}")})
-        frame = train_heads(cfg, heads, profile=False)
-        frame.insert(1, "seed", int(seed))
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+def train_seeds(base_cfg: RunConfig, heads: dict[str, dict[str, Any]], seeds: Sequence[int], *,
+                workers: int = 1) -> pd.DataFrame:
+    """Train every head of `heads` (entries as in `mlic.studies.heads.head_overrides`) once per seed; one row per
+    (head, seed) with `mlic.runs.run_grid`'s columns (`variant` is the head), no profiling."""
+    return train_heads(base_cfg, heads, seeds=seeds, profile=False, workers=workers)
 
 
-def seed_summary(table: pd.DataFrame, *, by: str = "head", metric: str = "mAP",
+def seed_summary(table: pd.DataFrame, *, metric: str = "mAP",
                  splits: Sequence[str] = ("test", "test_shift")) -> pd.DataFrame:
-    """Mean, std (ddof 1; 0 for one seed) and seed count of `<metric>_<split>` per `by` value, in first-appearance
-    order, plus a ``"mean ± std"`` text column per split."""
-    return over_seeds(table, by, [f"{metric}_{s}" for s in splits])
+    """Mean, std (ddof 1; 0 for one seed) and seed count of `<split>/<metric>` per head (`variant`), in
+    first-appearance order, plus a ``"mean ± std"`` text column per split."""
+    return over_seeds(table, "variant", [f"{s}/{metric}" for s in splits])
 
 
-def summary_metrics(summary: pd.DataFrame, *, by: str = "head", metric: str = "mAP",
-                    splits: Sequence[str] = ("test", "test_shift"),
-                    routing: pd.DataFrame | None = None) -> dict[str, dict[str, float]]:
-    """Headline numbers of a `seed_summary` table for `mlic.report.record`: `{head: {<metric>_<split>: mean,
-    <metric>_<split>_std: std}}`, plus, given a `label_routing` table, each MoE head's mean over labels of
-    `shared_share` (and of `context_dependence` when present)."""
-    out: dict[str, dict[str, float]] = {}
+def summary_metrics(summary: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
+                    lead: str = "moe_dynamic") -> dict[str, dict[str, float]]:
+    """Headline numbers of a `seed_summary` table for `mlic.report.record`: `{split: {metric: mean of the lead
+    head}}` (the first head when `lead` was not trained)."""
+    rows = summary.set_index("variant")
+    name = lead if lead in rows.index else rows.index[0]
+    return {split: {metric: float(rows.loc[name, f"{split}/{metric}_mean"]),
+                    f"{metric}_std": float(rows.loc[name, f"{split}/{metric}_std"])} for split in splits}
+
+
+def method_metrics(summary: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = ("test", "test_shift"),
+                   routing: pd.DataFrame | None = None, gate_split: str = "test"
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """Every head's numbers for `mlic.report.record(methods=...)`: `{head: {split: {metric, metric_std}}}`, plus,
+    given a `label_routing` table of the gates on `gate_split`, each MoE head's mean over labels of `shared_share`
+    (and of `context_dependence`) under that split."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for _, row in summary.iterrows():
-        values = out.setdefault(str(row[by]), {})
+        values = out.setdefault(str(row["variant"]), {})
         for split in splits:
-            values[f"{metric}_{split}"] = float(row[f"{metric}_{split}_mean"])
-            values[f"{metric}_{split}_std"] = float(row[f"{metric}_{split}_std"])
+            values[split] = {metric: float(row[f"{split}/{metric}_mean"]),
+                             f"{metric}_std": float(row[f"{split}/{metric}_std"])}
     if routing is not None:
         columns = [c for c in ("shared_share", "context_dependence") if c in routing]
         for head, rows in routing.groupby("head", sort=False):
-            out.setdefault(str(head), {}).update({c: float(np.nanmean(rows[c])) for c in columns})
+            out.setdefault(str(head), {}).setdefault(gate_split, {}).update(
+                {c: float(np.nanmean(rows[c])) for c in columns})
     return out
 
 
 def run_dirs(table: pd.DataFrame, seed: int) -> dict[str, str]:
     """`{head: run_dir}` of one seed's runs in a `train_seeds` table."""
     rows = table[table["seed"] == seed]
-    return dict(zip(rows["head"], rows["run_dir"]))
+    return dict(zip(rows["variant"], rows["run_dir"]))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def slot_names(n_specific: int, n_shared: int) -> list[str]:
 
 def load_gates(run_dir: str | Path, split: str) -> np.ndarray:
     """A run's gate weights on `split` as float32 `[N, C, E]` (rows in the split's table order)."""
-    predictions = load_predictions(run_dir, split)
+    predictions = Run(run_dir).predictions(split)
     if "aux_gates" not in predictions:
         raise ValueError(f"{run_dir} saved no gate weights for {split!r}: was it trained with a MoE head?")
     return predictions["aux_gates"].astype(np.float32)
@@ -91,9 +96,7 @@ def load_gates(run_dir: str | Path, split: str) -> np.ndarray:
 
 def head_groups(run_dir: str | Path) -> np.ndarray:
     """The expert group of each label (`[C]`) that a MoE run's head was trained with (from its best checkpoint)."""
-    from mlic.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")["state_dict"]
+    state = Run(run_dir).state("best")["state_dict"]
     if "head.group_of" not in state:
         raise ValueError(f"{run_dir}: the checkpoint's head has no expert groups (not a MoE head)")
     return state["head.group_of"].numpy().astype(np.int64)

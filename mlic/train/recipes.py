@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlic.config import RunConfig
-from mlic.registry import Registry
+from mlic.core.config import RunConfig
+from mlic.core.registry import Registry
 
 RECIPES: Registry[dict[str, Any]] = Registry("recipe")
 

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlic.config import RunConfig
+from mlic.core.config import RunConfig
 from mlic.data.table import LabelledImages
-from mlic.evaluate import load_predictions
-from mlic.experiments import over_seeds
-from mlic.io import read_jsonl
+from mlic.runs import Run, run_grid
+from mlic.stats import over_seeds
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +100,7 @@ def observed_share_by_class(tables: dict[str, LabelledImages]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- ROLE's estimator in a run folder
 def _loss_state(run_dir: str | Path) -> dict[str, Any]:
-    from mlic.train.checkpoint import load_checkpoint
-
-    return load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")["loss_state"]
+    return Run(run_dir).state("last")["loss_state"]
 
 
 def estimator_scores(run_dir: str | Path) -> np.ndarray:
@@ -124,7 +121,7 @@ def estimator_by_epoch(run_dir: str | Path, labels: np.ndarray, observed: np.nda
     epoch is computed from the final estimator in ``last.pt``. Columns: ``epoch`` and `RECOVERY_KEYS`.
     """
     history = _loss_state(run_dir).get("_extra_state", {}).get("history", [])
-    epochs = len(read_jsonl(Path(run_dir) / "metrics.jsonl"))
+    epochs = len(Run(run_dir).history)
     if not history or epochs == 0:
         raise ValueError(f"{run_dir}: no estimator history; train ROLE with loss.kwargs "
                          "{'track_truth': True}")
@@ -169,10 +166,11 @@ def observed_training_table(cfg: RunConfig, partial: dict[str, Any]) -> Labelled
 
 
 def compare_losses(base_cfg: RunConfig, losses: list[str] | tuple[str, ...], seeds: list[int] | tuple[int, ...], *,
-                   partial: dict[str, Any], threshold: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train every loss with every seed (``output_dir/<loss>/seed<k>``) and measure what each recovers.
+                   partial: dict[str, Any], threshold: float = 0.5, workers: int = 1
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every loss with every seed (`mlic.runs.run_grid`) and measure what each recovers.
 
-    The training split is added to the evaluated splits, so each run's ``predictions/train.npz`` holds its training
+    The training split is added to the evaluated splits, so each run's training-split predictions hold its training
     scores; with the simulated observed labels they give the classifier's `recovery` of the hidden positives.
 
     Args:
@@ -181,75 +179,78 @@ def compare_losses(base_cfg: RunConfig, losses: list[str] | tuple[str, ...], see
         seeds: Training seeds (weights, data order, ROLE's initialisation); the observation seed is `partial`'s.
         partial: Keyword arguments of `mlic.data.partial.simulate_observed`.
         threshold: The score threshold of `recovery`.
+        workers: runs trained at once.
 
     Returns:
-        ``(runs, estimator)``: one row per run with ``loss``, ``seed``, ``<metric>_<split>``, the classifier's
+        ``(runs, estimator)``: one row per run with `run_grid`'s columns (``variant`` is the loss), the classifier's
         ``recovered`` / ``hidden_recall`` / ``precision`` on the training split (and ``estimator_hidden_recall``,
-        ``estimator_precision`` for ROLE), ``best_epoch``, ``train_seconds`` and ``run_dir``; and one row per ROLE
-        run and epoch (`estimator_by_epoch`) with its ``seed``.
+        ``estimator_precision`` for ROLE); and one row per ROLE run and epoch (`estimator_by_epoch`) with its
+        ``seed``.
     """
-    from mlic.experiments import fit_row
-
     train_split = base_cfg.data.train_split
     splits = list(base_cfg.data.eval_splits)
     base = base_cfg.updated({"data.partial": dict(partial),
                              "data.eval_splits": splits + ([train_split] if train_split not in splits else [])})
     observed_table = observed_training_table(base, partial)
     position = {image_id: i for i, image_id in enumerate(observed_table.image_ids)}
-    rows, curves = [], []
-    for name, overrides in loss_variants(losses).items():
-        for seed in seeds:
-            out = Path(base.output_dir) / name / f"seed{seed}"
-            cfg = base.updated({**overrides, "train.seed": int(seed), "output_dir": str(out), "name": name})
-            row, result = fit_row(cfg, name, label="loss")
-            row["seed"] = int(seed)
-            predictions = load_predictions(out, train_split)
-            # the evaluated split is the whole training split; with data.max_train_images only its first rows trained
-            ids = [str(i) for i in predictions["image_ids"]]
-            trained = np.asarray([i in position for i in ids])
-            order = np.asarray([position[i] for i in ids if i in position], dtype=np.int64)
-            labels, observed = observed_table.labels[order], observed_table.observed[order]
-            found = recovery(predictions["scores"][trained], labels, observed, threshold=threshold)
-            row.update({k: found[k] for k in ("hidden_positives", "recovered", "hidden_recall", "precision")})
-            if name == "role":
-                est = recovery(estimator_scores(out), observed_table.labels, observed_table.observed,
-                               threshold=threshold)
-                row.update({"estimator_hidden_recall": est["hidden_recall"], "estimator_precision": est["precision"]})
-                if cfg.loss.kwargs.get("track_truth"):
-                    curve = estimator_by_epoch(out, observed_table.labels, observed_table.observed,
-                                               threshold=threshold)
-                    curves.append(curve.assign(seed=int(seed)))
-            row["run_dir"] = str(result.run_dir)
-            rows.append(row)
+    runs = run_grid(base, loss_variants(losses), seeds, workers=workers)
+    extra, curves = [], []
+    for row in runs.itertuples():
+        run = Run(row.run_dir)
+        predictions = run.predictions(train_split)
+        # the evaluated split is the whole training split; with data.max_train_images only its first rows trained
+        ids = [str(i) for i in predictions["image_ids"]]
+        trained = np.asarray([i in position for i in ids])
+        order = np.asarray([position[i] for i in ids if i in position], dtype=np.int64)
+        labels, observed = observed_table.labels[order], observed_table.observed[order]
+        found = recovery(predictions["scores"][trained], labels, observed, threshold=threshold)
+        values = {k: found[k] for k in ("hidden_positives", "recovered", "hidden_recall", "precision")}
+        if row.variant == "role":
+            est = recovery(estimator_scores(run.path), observed_table.labels, observed_table.observed,
+                           threshold=threshold)
+            values.update({"estimator_hidden_recall": est["hidden_recall"], "estimator_precision": est["precision"]})
+            if run.config.loss.kwargs.get("track_truth"):
+                curve = estimator_by_epoch(run.path, observed_table.labels, observed_table.observed,
+                                           threshold=threshold)
+                curves.append(curve.assign(seed=int(row.seed)))
+        extra.append(values)
+    runs = pd.concat([runs, pd.DataFrame(extra, index=runs.index)], axis=1)
     estimator = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["epoch", *RECOVERY_KEYS, "seed"])
-    return pd.DataFrame(rows), estimator
+    return runs, estimator
 
 
 def summarise(runs: pd.DataFrame, splits: list[str] | tuple[str, ...], *, metric: str = "mAP") -> pd.DataFrame:
     """Mean and standard deviation over seeds per loss: ``<metric>_<split>`` for each split and the training-set
     ``hidden_recall`` (percent), in the order the losses were trained."""
-    columns = [f"{metric}_{split}" for split in splits if f"{metric}_{split}" in runs]
+    columns = [f"{split}/{metric}" for split in splits if f"{split}/{metric}" in runs]
     percent = runs.assign(hidden_recall=100 * runs["hidden_recall"])
     columns.append("hidden_recall")
     if "estimator_hidden_recall" in runs:
         percent = percent.assign(estimator_hidden_recall=100 * runs["estimator_hidden_recall"])
         columns.append("estimator_hidden_recall")
-    out = over_seeds(percent, "loss", columns, text=False)
-    return out[["loss", "seeds", *[c for c in out.columns if c not in ("loss", "seeds")]]]
+    out = over_seeds(percent, "variant", columns, text=False)
+    return out[["variant", "seeds", *[c for c in out.columns if c not in ("variant", "seeds")]]]
 
 
 def headline(summary: pd.DataFrame, splits: list[str] | tuple[str, ...], *, metric: str = "mAP"
              ) -> dict[str, dict[str, float]]:
-    """`{split: {metric: value}}` for `mlic.report.record`: ``<metric>`` is ROLE's mean (else the last loss's), and
-    ``<metric>_<loss>`` each loss's mean; ``train`` holds each loss's hidden-positive recall."""
-    lead = "role" if "role" in set(summary["loss"]) else summary["loss"].iloc[-1]
-    table = summary.set_index("loss")
-    result: dict[str, dict[str, float]] = {}
-    for split in splits:
-        column = f"{metric}_{split}_mean"
-        if column in table:
-            result[split] = {metric: float(table.loc[lead, column]),
-                             **{f"{metric}_{loss}": float(v) for loss, v in table[column].items()}}
-    result["train"] = {f"hidden_recall_{loss}": float(v) for loss, v in table["hidden_recall_mean"].items()}
-    return result
+    """`{split: {metric: value}}` for `mlic.report.record`: ROLE's mean (else the last loss's)."""
+    lead = "role" if "role" in set(summary["variant"]) else summary["variant"].iloc[-1]
+    row = summary.set_index("variant").loc[lead]
+    return {split: {metric: float(row[f"{split}/{metric}_mean"]), f"{metric}_std": float(row[f"{split}/{metric}_std"])}
+            for split in splits if f"{split}/{metric}_mean" in row}
+
+
+def method_metrics(summary: pd.DataFrame, splits: list[str] | tuple[str, ...], *, metric: str = "mAP"
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """Every loss's numbers for `mlic.report.record(methods=...)`: `{loss: {split: {metric, metric_std}}}` and its
+    training-split hidden-positive recall (percent) under ``train``."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for _, row in summary.iterrows():
+        values = {split: {metric: float(row[f"{split}/{metric}_mean"]),
+                          f"{metric}_std": float(row[f"{split}/{metric}_std"])}
+                  for split in splits if f"{split}/{metric}_mean" in row}
+        values["train"] = {"hidden_recall": float(row["hidden_recall_mean"])}
+        out[str(row["variant"])] = values
+    return out

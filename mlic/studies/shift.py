@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from mlic import metrics
-from mlic.config import RunConfig
-from mlic.evaluate import load_predictions
-from mlic.experiments import fit_row, loss_variants, metric_columns
+from mlic.core.config import RunConfig
+from mlic.runs import Run, run_grid
+from mlic.studies.aam import loss_variants
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "single_positive_role": lambda opts: {"data.partial": {"mode": "single_positive"}, "loss.name": "role",
                                           "loss.kwargs": {}},
 }
-#: methods trained through `mlic.cpsd` (teachers on label parts, then a distilled student)
+#: methods trained through `mlic.studies.cpsd` (teachers on label parts, then a distilled student)
 STUDIES = ("cpsd",)
 
 
@@ -57,37 +57,40 @@ def list_methods() -> list[str]:
 
 
 def train_methods(base: RunConfig, methods: Sequence[str], *, head_options: dict[str, dict[str, Any]] | None = None,
-                  cpsd_k: int = 5) -> pd.DataFrame:
-    """Train every method on `base` (each in `base.output_dir/<method>`); one row per method with its metrics on
-    every evaluated split (`mAP_test`, `mAP_test_shift`, ...), `train_seconds` and `run_dir`."""
+                  cpsd_k: int = 5, seeds: Sequence[int] | None = None, workers: int = 1) -> pd.DataFrame:
+    """Train every method on `base` (`mlic.runs.run_grid` under `base.output_dir`; CPSD as a study in its
+    ``cpsd/`` sub-folder); one row per method and seed with `run_grid`'s columns (``variant`` is the method)."""
     unknown = sorted(set(methods) - set(list_methods()))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list_methods()}")
     opts = head_options or {}
-    rows = []
-    for name in methods:
-        out = Path(base.output_dir) / name
-        if name == "cpsd":
-            from mlic.cpsd import CPSDStudy
+    seeds = list(seeds) if seeds else [base.train.seed]
+    plain = {name: METHODS[name](opts) for name in methods if name in METHODS}
+    frames = [run_grid(base, plain, seeds, workers=workers)] if plain else []
+    if "cpsd" in methods:
+        from mlic.studies.cpsd import CPSDStudy
 
-            with CPSDStudy(base, out) as study:
-                result = study.run("cpsd", k=cpsd_k, seed=base.train.seed)
-            row: dict[str, Any] = {"method": name, **metric_columns(result.metrics)}
-            row.update(train_seconds=result.teacher_seconds + result.student_seconds, run_dir=str(result.run_dir))
-        else:
-            cfg = base.updated({**METHODS[name](opts), "output_dir": str(out), "name": name})
-            row, fitted = fit_row(cfg, name, label="method")
-            row["run_dir"] = str(fitted.run_dir)
-        rows.append(row)
-    return pd.DataFrame(rows)
+        with CPSDStudy(base, Path(base.output_dir) / "cpsd") as study:
+            rows = []
+            for seed in seeds:
+                result = study.run("cpsd", k=cpsd_k, seed=seed)
+                row = result.row()
+                rows.append({**row, "variant": "cpsd", "train_seconds": row["total_seconds"]})
+        frames.append(pd.DataFrame(rows))
+    frame = pd.concat(frames, ignore_index=True)
+    order = {name: i for i, name in enumerate(methods)}
+    return frame.sort_values(["seed", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
+                             kind="stable").reset_index(drop=True)
 
 
 def drop_table(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = SPLITS) -> pd.DataFrame:
-    """Per method: `metric` on both splits, the drop (points) and the relative drop (share of the `test` value)."""
-    first, second = splits
-    out = frame[["method", f"{metric}_{first}", f"{metric}_{second}"]].copy()
-    out["drop"] = out[f"{metric}_{first}"] - out[f"{metric}_{second}"]
-    out["relative_drop"] = out["drop"] / out[f"{metric}_{first}"]
+    """Per method (mean over seeds): `metric` on both splits, the drop (points) and the relative drop (share of
+    the first split's value)."""
+    first, second = (f"{split}/{metric}" for split in splits)
+    out = frame.groupby("variant", sort=False)[[first, second]].mean().reset_index().rename(
+        columns={"variant": "method"})
+    out["drop"] = out[first] - out[second]
+    out["relative_drop"] = out["drop"] / out[first]
     return out.sort_values("drop").reset_index(drop=True)
 
 
@@ -95,8 +98,9 @@ def per_label_ap(run_dirs: dict[str, str | Path], split: str) -> pd.DataFrame:
     """AP (percent) per label (columns) of each run (rows) on `split`, from the saved predictions."""
     rows = {}
     for name, run_dir in run_dirs.items():
-        preds = load_predictions(run_dir, split)
-        rows[name] = pd.Series(100 * metrics.average_precision(preds["scores"], preds["targets"]),
+        preds = Run(run_dir).predictions(split)
+        rows[name] = pd.Series(100 * metrics.average_precision(preds["scores"], preds["targets"],
+                                                               mask=preds.get("mask")),
                                index=[str(c) for c in preds["class_names"]])
     return pd.DataFrame(rows).T
 
@@ -142,14 +146,27 @@ def companion_energy(pointing: pd.DataFrame, *, split: str = "test") -> tuple[pd
     return per_method, per_label
 
 
-def summary_metrics(joined: pd.DataFrame, *, splits: Sequence[str] = SPLITS) -> dict[str, dict[str, float]]:
-    """Headline numbers of a `drop_vs_energy` table for `mlic.report.record`: per method the mAP on both splits,
-    the drop, the companion energy and the pointing rate; plus the rank correlation across methods."""
-    out: dict[str, dict[str, float]] = {}
+def method_metrics(joined: pd.DataFrame, *, splits: Sequence[str] = SPLITS, metric: str = "mAP"
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """Every method's numbers of a `drop_vs_energy` table for `mlic.report.record(methods=...)`: `metric` on both
+    splits, and under the first split the drop, the companion energy and the pointing rate."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for _, row in joined.iterrows():
-        out[str(row["method"])] = {f"{splits[0]}_mAP": float(row[f"mAP_{splits[0]}"]),
-                                   f"{splits[1]}_mAP": float(row[f"mAP_{splits[1]}"]), "drop": float(row["drop"]),
-                                   "companion_energy": float(row["companion_energy"]),
-                                   "pointing": float(row["pointing"])}
-    out["correlation"] = {"spearman_drop_vs_companion_energy": float(joined.attrs.get("spearman", float("nan")))}
+        first, second = splits
+        out[str(row["method"])] = {
+            first: {metric: float(row[f"{first}/{metric}"]), "drop": float(row["drop"]),
+                    "companion_energy": float(row["companion_energy"]), "pointing": float(row["pointing"])},
+            second: {metric: float(row[f"{second}/{metric}"])}}
     return out
+
+
+def headline(joined: pd.DataFrame, *, method: str = "baseline", splits: Sequence[str] = SPLITS,
+             metric: str = "mAP") -> dict[str, dict[str, float]]:
+    """The baseline's numbers (else the first method's) and the rank correlation across methods, for
+    `mlic.report.record(metrics=...)`."""
+    rows = joined.set_index("method")
+    name = method if method in rows.index else rows.index[0]
+    first, second = splits
+    return {first: {metric: float(rows.loc[name, f"{first}/{metric}"]), "drop": float(rows.loc[name, "drop"]),
+                    "spearman_drop_vs_companion_energy": float(joined.attrs.get("spearman", float("nan")))},
+            second: {metric: float(rows.loc[name, f"{second}/{metric}"])}}

@@ -1,0 +1,1 @@
+"""Infrastructure every layer uses: the run config, the typed registry, atomic file writes, the error types."""
