@@ -194,7 +194,7 @@ def load_model(checkpoint: str | Path, *, device: Any = "cpu") -> tuple[Any, Run
     cfg = RunConfig.from_dict(state["config"])
     m = cfg.model
     model = create_model(m.backbone, m.head, len(state["class_names"]), pretrained=False,
-                         head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
+                         head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs, train_from=m.train_from)
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), cfg, list(state["class_names"])
 
@@ -334,7 +334,7 @@ def train_runs(cfgs: Sequence[RunConfig], *, reuse: bool = True, workers: int = 
     if not reuse:
         pending = [c.updated({"runtime.resume": False}) for c in pending]
     if len(pending) > 1 and (workers > 1 or executor is not None):
-        if pending[0].model.freeze_backbone:
+        if pending[0].model.freeze_backbone or pending[0].model.train_from:
             _warm_feature_cache(pending[0])
         with contextlib.ExitStack() as stack:
             pool = executor or stack.enter_context(process_pool(min(workers, len(pending))))

@@ -71,7 +71,7 @@ def test_same_seed_gives_identical_bytes(small: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(scenes, "_CHUNK", 16)
     again = make_scenes(tmp_path / "again", seed=0, workers=2, **SMALL)
     first, second = _files(small), _files(again)
-    assert len(first) == 4 * 40 + 4 + 1
+    assert len(first) == 6 * 40 + 6 + 1  # six splits of 40 images, their annotations, meta.json
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
 
@@ -99,8 +99,10 @@ def test_coco_files_are_valid(small: Path) -> None:
             assert image["width"] == image["height"] == 64
             with Image.open(small / "images" / split / image["file_name"]) as png:
                 assert png.mode == "RGB" and png.size == (64, 64)
-            if split == "test_shift":
-                assert image["context"] == -1
+            if split in ("test_shift", "test_cooc"):
+                assert image["context"] == -1 and 0 <= image["background"] < 5
+            elif split == "test_bg":
+                assert image["context"] != image["background"] and 0 <= image["context"] < 5
             else:
                 assert image["context"] == image["background"] and 0 <= image["context"] < 5
         ann_ids = [ann["id"] for ann in coco["annotations"]]
@@ -152,9 +154,10 @@ def test_planted_groups_cooccur_in_train_not_in_shift(large: Path) -> None:
 
 def test_test_splits_use_unseen_handwriting(small: Path) -> None:
     digits = scenes._digits()[1]
-    train, val, test, shift = (glyph_pools(split) for split in SPLITS)
+    train, val, test, *shifted = (glyph_pools(split) for split in SPLITS)
     for digit in range(10):
-        assert np.array_equal(train[digit], val[digit]) and np.array_equal(test[digit], shift[digit])
+        assert np.array_equal(train[digit], val[digit])
+        assert all(np.array_equal(test[digit], other[digit]) for other in shifted)
         assert np.intersect1d(train[digit], test[digit]).size == 0
         assert np.union1d(train[digit], test[digit]).size == np.count_nonzero(digits == digit)
         assert (digits[train[digit]] == digit).all() and (digits[test[digit]] == digit).all()
@@ -242,3 +245,28 @@ def test_reader_returns_table_with_truth(small: Path) -> None:
     assert table.extras["context"].shape == (40,)
     with pytest.raises(FileNotFoundError, match="mlic scenes"):
         load_split("scenes", small / "missing", "train")
+
+
+def test_the_factorial_shift_breaks_one_cue_at_a_time(tmp_path: Path) -> None:
+    """test_bg keeps the planted co-occurrence and paints a foreign background; test_cooc keeps the background of
+    its first object's group and loses the co-occurrence; test_shift loses both (the generator's planted truth)."""
+    root = make_scenes(tmp_path / "f", seed=0, image_size=32, n_train=400, n_val=0, n_test=400, n_shift=400,
+                       progress=False)
+    group_of = {label: g for g, group in enumerate(scenes.GROUPS) for label in group}
+    ratio = {split: _group_ratio(_label_matrix(_coco(root, split))) for split in ("test", "test_bg", "test_cooc",
+                                                                                  "test_shift")}
+    assert ratio["test_bg"] > 3 and ratio["test"] > 3  # labels still drawn from a context
+    assert ratio["test_cooc"] < 1.5 and ratio["test_shift"] < 1.5  # companions independent of each other
+    for split in ("test_bg", "test_cooc"):
+        coco = _coco(root, split)
+        first = {}
+        for ann in coco["annotations"]:  # annotations follow the drawing order: the first is the first object
+            first.setdefault(ann["image_id"], ann["category_id"] - 1)
+        for image in coco["images"]:
+            if split == "test_bg":  # the labels' context is not the background's
+                assert image["background"] != image["context"]
+            else:  # the first object's own context paints the background
+                assert image["background"] == group_of[first[image["id"]]]
+    meta = json.loads((root / "meta.json").read_text())
+    assert {s: meta["splits"][s]["n_images"] for s in SPLITS} == {"train": 400, "val": 0, "test": 400,
+                                                                  "test_shift": 400, "test_bg": 400, "test_cooc": 400}

@@ -42,7 +42,7 @@ def test_run_folder_is_complete_and_self_describing(tiny_cfg: RunConfig) -> None
     for row in history:  # the reported weights are the better of raw and EMA on validation
         assert row["weights"] == max(("raw", "ema"), key=lambda n: row[f"val_mAP_{n}"])
     final = json.loads((run / "final.json").read_text())
-    assert set(final["metrics"]) == {"val", "test", "test_shift"}
+    assert set(final["metrics"]) == {"val", "test", "test_bg", "test_cooc", "test_shift"}
     assert {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3_OF1"} <= set(final["metrics"]["test"])
     best = Run(run).state("best")
     assert best["weights"] == final["weights"] == result.weights

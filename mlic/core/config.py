@@ -113,7 +113,9 @@ class DataConfig(_Section):
     root: str = "data/scenes"
     train_split: str = "train"
     val_split: str | None = "val"
-    eval_splits: list[str] = field(default_factory=lambda: ["test", "test_shift"])
+    #: the Scenes test splits by default: test (as train), test_bg (foreign background), test_cooc (no companions),
+    #: test_shift (both)
+    eval_splits: list[str] = field(default_factory=lambda: ["test", "test_bg", "test_cooc", "test_shift"])
     options: dict[str, Any] = field(default_factory=dict)
     image_size: int = 64
     batch_size: int = 64
@@ -144,7 +146,17 @@ class ModelConfig(_Section):
     pretrained: bool = True
     head_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: head-only training on cached backbone features (a linear probe for `gap`)
     freeze_backbone: bool = False
+    #: a cut point of the backbone (`mlic.models.cuts`, e.g. "blocks.5"): the modules before it are frozen and their
+    #: output is cached once; the rest of the backbone and the head train on the cache. None: end to end
+    train_from: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze_backbone and self.train_from is not None:
+            raise ConfigError("model.freeze_backbone and model.train_from exclude each other: freeze_backbone trains "
+                              "the head only, train_from trains from a backbone module on")
 
 
 @dataclass
@@ -484,8 +496,8 @@ def _type_name(kind: Any) -> str:
 class Parameter:
     """A flat name for one config field: ``--<name with dashes>`` on the command line, ``<name>`` in a notebook.
 
-    `zero_is_none`: 0 (a literal a notebook can hold) means null, "off" or "all" for fields like
-    ``train.ema_decay`` and ``data.max_train_images``.
+    `zero_is_none`: 0 or an empty string (literals a notebook can hold) mean null, "off" or "all" for fields like
+    ``train.ema_decay``, ``data.max_train_images`` and ``model.train_from``.
     """
 
     name: str
@@ -506,7 +518,7 @@ class Parameter:
 
     def to_field(self, value: Any) -> Any:
         """`value` as the field holds it (0 → None where `zero_is_none`)."""
-        if self.zero_is_none and value in (0, 0.0) and not isinstance(value, bool):
+        if self.zero_is_none and (value == "" or (value in (0, 0.0) and not isinstance(value, bool))):
             return None
         return value
 
@@ -528,6 +540,8 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in [
     Parameter("head", "model.head", "classification head (mlic.models.list_heads())"),
     Parameter("freeze_backbone", "model.freeze_backbone",
               "cache backbone features once (memory-mapped) and train only the head"),
+    Parameter("train_from", "model.train_from", "a backbone module (e.g. blocks.5): freeze and cache what comes "
+                                                "before it, train the rest (empty: end to end)", zero_is_none=True),
     Parameter("loss", "loss.name", "loss (mlic.losses.list_losses())"),
     Parameter("lr", "optim.lr", "peak learning rate of the OneCycle schedule"),
     Parameter("weight_decay", "optim.weight_decay", "weight decay (never on biases and norms)"),

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,10 @@ def cache_key(backbone: torch.nn.Module, table: LabelledImages, settings: dict[s
 
 
 def extract_features(model: torch.nn.Module, dataset: ImageDataset, out_file: Path, *, device: torch.device,
-                     batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> np.memmap:
-    """Run `model.forward_features` over `dataset` (evaluation transform) into a float16 memmap at `out_file`.
+                     batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                     extract: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.memmap:
+    """Run `extract` (default `model.forward_features`; a cut's `model.forward_prefix`) over `dataset`
+    (evaluation transform) into a float16 memmap at `out_file`.
 
     Unreadable images are an error here: a cached row must exist for every image of the table.
     """
@@ -78,7 +80,7 @@ def extract_features(model: torch.nn.Module, dataset: ImageDataset, out_file: Pa
             for batch in _progress(loader, progress, f"features → {out_file.name}"):
                 if batch["skipped"]:
                     raise OSError(f"cannot cache features: unreadable image(s) {batch['skipped']}")
-                feats = model.forward_features(batch["image"].to(device)).float().cpu().numpy()
+                feats = (extract or model.forward_features)(batch["image"].to(device)).float().cpu().numpy()
                 if storage is None:
                     storage = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                                         shape=(len(dataset), *feats.shape[1:]))
@@ -96,9 +98,12 @@ def extract_features(model: torch.nn.Module, dataset: ImageDataset, out_file: Pa
 
 def cached_features(model: torch.nn.Module, dataset: ImageDataset, *, settings: dict[str, Any],
                     cache_dir: Path | None = None, device: torch.device, batch_size: int = 64,
-                    num_workers: int = 0, progress: bool = True) -> np.memmap:
-    """Features of `dataset` from the cache, computing and storing them on a miss."""
+                    num_workers: int = 0, progress: bool = True, train_from: str | None = None) -> np.memmap:
+    """Features of `dataset` from the cache, computing and storing them on a miss: the backbone's features, or
+    with `train_from` the output of the model's frozen prefix before that module (part of the key)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if train_from is not None:
+        settings = {**settings, "train_from": train_from}
     key = cache_key(model.backbone, dataset.table, settings)
     data_file, info_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if info_file.exists() and data_file.exists():
@@ -106,20 +111,23 @@ def cached_features(model: torch.nn.Module, dataset: ImageDataset, *, settings: 
         return np.load(data_file, mmap_mode="r")
     log.info("computing features for %d images into %s", len(dataset), data_file)
     features = extract_features(model, dataset, data_file, device=device, batch_size=batch_size,
-                                num_workers=num_workers, progress=progress)
+                                num_workers=num_workers, progress=progress,
+                                extract=None if train_from is None else model.forward_prefix)
     atomic_write_json(info_file, {"shape": list(features.shape), "dtype": "float16", "settings": settings,
                                   "source": dataset.table.source, "images": len(dataset)})
     return features
 
 
 class FeatureDataset(Dataset):
-    """Cached features with the table's targets: items `features`, `target`, `index` (and `observed`)."""
+    """Cached features with the table's targets: items `<key>` (`features`: the backbone's; `cut`: a cut's prefix
+    output), `target`, `index` (and `observed`)."""
 
-    def __init__(self, features: np.ndarray, table: LabelledImages) -> None:
+    def __init__(self, features: np.ndarray, table: LabelledImages, *, key: str = "features") -> None:
         if len(features) != len(table):
             raise ValueError(f"{len(features)} feature rows for {len(table)} images")
         self.features = features
         self.table = table
+        self.key = key
         self.targets = torch.from_numpy(table.labels.astype(np.float32))
         self.observed = None if table.observed is None else torch.from_numpy(table.observed.astype(np.float32))
 
@@ -127,7 +135,7 @@ class FeatureDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"features": torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
+        item = {self.key: torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
                 "target": self.targets[index], "index": index}
         if self.observed is not None:
             item["observed"] = self.observed[index]
@@ -146,7 +154,7 @@ class FeatureDataset(Dataset):
         for rows in index_batches:
             idx = np.sort(np.asarray(rows, dtype=np.int64))
             batch: dict[str, Any] = {
-                "features": torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32)),
+                self.key: torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32)),
                 "target": self.targets[idx],
                 "index": torch.from_numpy(idx).long(),
                 "skipped": [],

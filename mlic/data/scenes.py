@@ -9,8 +9,12 @@ The structure a model can lean on is planted on purpose and kept as truth:
 
 * five scene **contexts**, each with a core **group** of four labels that co-occur and its own background style;
 * long-tailed label frequencies (Zipf-like weights across contexts and inside each group);
-* the split **test_shift**, where labels are drawn independently of any context (with the training marginals) and
-  the background is random, so the co-occurrence and background cues a model learned are gone.
+* three shifted test splits that take apart the two cues a model can lean on (a factorial design):
+  **test_bg** draws labels from a context as test does but paints the background of a *different* context (the
+  background cue misleads, co-occurrence is intact); **test_cooc** draws labels independently of any context (with
+  the training marginals) on the background of the first object's context (the companions are gone, the background
+  still fits one object); **test_shift** breaks both (independent labels, a random background). The drops from test
+  to test_bg and to test_cooc measure how much a model leans on backgrounds and on co-occurring objects.
 
 The truth kept is every object's tight box (for CAM pointing-game scores), the planted groups (for checking that a
 spectral partition recovers them) and each image's context (for gate analyses). A box spans the whole object, the
@@ -52,11 +56,16 @@ from mlic.data.table import LabelledImages
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"  # 1.1 added test_bg and test_cooc; the four earlier splits are byte-identical to 1.0
 
-SPLITS: tuple[str, ...] = ("train", "val", "test", "test_shift")
+# new splits go at the end: a split's id seeds its images, so the earlier splits keep their bytes
+SPLITS: tuple[str, ...] = ("train", "val", "test", "test_shift", "test_bg", "test_cooc")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 SHIFT_SPLIT = "test_shift"
+BACKGROUND_SPLIT = "test_bg"
+COOCCURRENCE_SPLIT = "test_cooc"
+SHIFTED_SPLITS = (SHIFT_SPLIT, BACKGROUND_SPLIT, COOCCURRENCE_SPLIT)
+HELD_OUT_SPLITS = ("test", *SHIFTED_SPLITS)  # drawn with unseen handwriting
 
 DIGIT_NAMES: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SHAPE_NAMES: tuple[str, ...] = (
@@ -87,7 +96,7 @@ _CONTEXTS: tuple[tuple[str, tuple[str, ...], tuple[tuple[int, int, int], tuple[i
 CONTEXT_NAMES: tuple[str, ...] = tuple(name for name, _, _ in _CONTEXTS)
 GROUPS: tuple[tuple[int, ...], ...] = tuple(tuple(CLASS_NAMES.index(n) for n in group) for _, group, _ in _CONTEXTS)
 
-GLYPH_HOLDOUT = 0.3  # the last 30% of each digit's samples (in data-set order) are kept for test and test_shift
+GLYPH_HOLDOUT = 0.3  # the last 30% of each digit's samples (in data-set order) are kept for the test splits
 _BOX_ALPHA = 51  # a pixel belongs to an object's box where the object's opacity reaches 51/255 = 0.2
 _PNG_LEVEL = 1  # zlib level and strategy of the PNG data: run-length matching only, fast and about as small as the
 _PNG_STRATEGY = zlib.Z_RLE  # default on noisy pixels
@@ -105,7 +114,8 @@ class ScenesKnobs:
 
     Attributes:
         image_size: side of the square RGB images, in pixels.
-        n_train, n_val, n_test, n_shift: images per split (`n_shift` is test_shift).
+        n_train, n_val, n_test, n_shift: images per split (`n_shift` is each shifted test split: test_shift, test_bg,
+            test_cooc).
         context_strength: probability that a label is drawn from the image's context group rather than from all
             labels (exact for the first object; later ones are drawn without replacement from the same mixture).
             Higher means stronger co-occurrence and background cues, hence a bigger test -> test_shift drop.
@@ -181,7 +191,7 @@ class ScenesKnobs:
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split, keyed by split name."""
-        return dict(zip(SPLITS, (self.n_train, self.n_val, self.n_test, self.n_shift)))
+        return dict(zip(SPLITS, (self.n_train, self.n_val, self.n_test, self.n_shift, self.n_shift, self.n_shift)))
 
     def to_dict(self) -> dict[str, Any]:
         """The knobs as JSON-ready literals (tuples become lists)."""
@@ -309,8 +319,8 @@ def scenes_split(root: Path, split: str, **options: Any) -> LabelledImages:
 def glyph_pools(split: str) -> dict[int, np.ndarray]:
     """Indices into `sklearn.datasets.load_digits()` that `split` may draw each digit from.
 
-    train and val share the first 70% of each digit's samples in data-set order; test and test_shift use the last
-    30%. The data set lists its writers' samples in sequence, so the held-out tail is mostly unseen handwriting.
+    train and val share the first 70% of each digit's samples in data-set order; the test splits use the last 30%.
+    The data set lists its writers' samples in sequence, so the held-out tail is mostly unseen handwriting.
 
     Args:
         split: one of `SPLITS`.
@@ -321,7 +331,7 @@ def glyph_pools(split: str) -> dict[int, np.ndarray]:
     if split not in _SPLIT_IDS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     _, targets = _digits()
-    held_out = split in ("test", SHIFT_SPLIT)
+    held_out = split in HELD_OUT_SPLITS
     pools = {}
     for digit in range(10):
         index = np.flatnonzero(targets == digit)
@@ -604,17 +614,30 @@ def _add_noise(pixels: np.ndarray, sigma: float, rng: np.random.Generator) -> np
 
 
 def _sample_labels(plan: _Plan, split: str, rng: np.random.Generator) -> tuple[int, int, list[int]]:
-    """Draw (context, background style, distinct labels); test_shift has no context (-1) and a random background."""
+    """Draw (context, background style, distinct labels).
+
+    test_shift and test_cooc have no context (-1: labels independent of any context, with the training marginals);
+    test_shift's background is random, test_cooc's that of its first object's context; test_bg draws labels from a
+    context and paints another context's background. The draws of train, val, test and test_shift are those of
+    generator 1.0, in the same order.
+    """
     count = 1 + _draw_index(plan.count_cdf, rng)
-    if split == SHIFT_SPLIT:
-        context, background, weights = -1, int(rng.integers(len(CONTEXT_NAMES))), plan.shift_weights
+    n_contexts = len(CONTEXT_NAMES)
+    if split in (SHIFT_SPLIT, COOCCURRENCE_SPLIT):
+        context, weights = -1, plan.shift_weights
+        background = int(rng.integers(n_contexts)) if split == SHIFT_SPLIT else -1
     else:
         context = _draw_index(plan.context_cdf, rng)
         background, weights = context, plan.context_weights[context]
+        if split == BACKGROUND_SPLIT:  # any context but the one the labels came from
+            background = (context + 1 + int(rng.integers(n_contexts - 1))) % n_contexts
     count = min(count, int(np.count_nonzero(weights)))
     with np.errstate(divide="ignore"):
         keys = np.log(weights) + rng.gumbel(size=NUM_CLASSES)
-    return context, background, [int(label) for label in np.argsort(-keys, kind="stable")[:count]]
+    labels = [int(label) for label in np.argsort(-keys, kind="stable")[:count]]
+    if background < 0:  # test_cooc: the background of the group the first object belongs to
+        background = next(c for c, group in enumerate(GROUPS) if labels[0] in group)
+    return context, background, labels
 
 
 def _draw_index(cdf: np.ndarray, rng: np.random.Generator) -> int:

@@ -74,7 +74,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Batches:
-    """One split fed either as images (end to end) or as cached backbone features (frozen backbone).
+    """One split fed as images (end to end), as cached backbone features (frozen backbone) or as the cached output
+    of the backbone's frozen prefix (a cut, `model.train_from`).
+
+    Augmentation acts on images only: on cached inputs (frozen backbone or a cut) training sees the evaluation
+    transform of each image, every epoch.
 
     Batches are this process's shards of the global batches (`distributed.ShardedBatchSampler`); in a single
     process the shard is the whole batch.
@@ -86,7 +90,8 @@ class Batches:
         self.table = table
         self.train = train
         self.batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
-        self.frozen = cfg.model.freeze_backbone
+        train_from = cfg.model.train_from
+        self.frozen = cfg.model.freeze_backbone or train_from is not None  # fed from a cache
         eval_transform = build_transforms(data.image_size, train=False, mean=mean, std=std, normalize=data.normalize)
         if self.frozen:
             images = ImageDataset(table, eval_transform, bad_images="raise")
@@ -94,8 +99,9 @@ class Batches:
                         "std": list(std)}
             feats = cached_features(model, images, settings=settings, device=device,
                                     batch_size=data.eval_batch_size or data.batch_size,
-                                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress)
-            self.features = FeatureDataset(feats, table)
+                                    num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
+                                    train_from=train_from)
+            self.features = FeatureDataset(feats, table, key="features" if train_from is None else "cut")
         drop_last = train and not self.frozen and len(table) > self.batch_size
         self.sampler = distributed.ShardedBatchSampler(len(table), self.batch_size, shuffle=train, drop_last=drop_last,
                                                        rank=distributed.rank(), world=distributed.world_size(),
@@ -122,30 +128,34 @@ class Batches:
         return self.loader
 
 
-def _model_input(batch: dict[str, Any], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, bool]:
-    """The batch's input tensor on `device` and whether it is backbone features (frozen path) or images."""
+def _model_input(batch: dict[str, Any], device: torch.device, channels_last: bool
+                 ) -> tuple[torch.Tensor, dict[str, bool]]:
+    """The batch's input tensor on `device` and what it is: backbone features (frozen backbone), a cut's prefix
+    output (`cut`), or images."""
     if "features" in batch:
-        return batch["features"].to(device, non_blocking=True), True
+        return batch["features"].to(device, non_blocking=True), {"from_features": True}
+    if "cut" in batch:
+        return batch["cut"].to(device, non_blocking=True), {"from_cut": True}
     images = batch["image"].to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, False
+    return images, {}
 
 
 def _inputs(model: nn.Module, batch: dict[str, Any], device: torch.device, channels_last: bool,
             *, with_aux_loss: bool = False) -> Any:
     """Logits of `model` on a batch (and the head's auxiliary losses with `with_aux_loss`)."""
-    inputs, from_features = _model_input(batch, device, channels_last)
-    return model(inputs, from_features=from_features, with_aux_loss=with_aux_loss)
+    inputs, kind = _model_input(batch, device, channels_last)
+    return model(inputs, with_aux_loss=with_aux_loss, **kind)
 
 
 def _aux_outputs(model: nn.Module, batch: dict[str, Any], device: torch.device, channels_last: bool,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and the head's `forward_aux` tensors on a batch."""
-    inputs, from_features = _model_input(batch, device, channels_last)
-    if from_features:
+    inputs, kind = _model_input(batch, device, channels_last)
+    if kind.get("from_features"):
         return model.head.forward_aux(inputs)
-    return model.forward_aux(inputs)
+    return model.forward_aux(inputs, **kind)
 
 
 def _loss_targets(batch: dict[str, Any], device: torch.device, loss_fn: MultiLabelLoss) -> dict[str, Any]:
@@ -194,13 +204,14 @@ class Trainer:
 
         m = cfg.model
         self.model = create_model(m.backbone, m.head, len(self.class_names), pretrained=m.pretrained,
-                                  head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs).to(self.device)
+                                  head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs,
+                                  train_from=m.train_from).to(self.device)
         # graph heads: label graph and label embeddings; MoE heads: label groups (from the training split)
         self.model.head.bind(self.train_table.labels, self.train_table.class_names)
         if m.freeze_backbone:
             self.model.backbone.requires_grad_(False)
         self.cuda = self.device.type == "cuda"
-        self.channels_last = self.cuda and cfg.train.channels_last and not m.freeze_backbone
+        self.channels_last = self.cuda and cfg.train.channels_last and not m.freeze_backbone and not m.train_from
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         dcfg = backbone_data_config(self.model.backbone)
@@ -461,7 +472,7 @@ class Trainer:
         if self.main:
             cfg.to_yaml(self.run.config_file)
         log.info("run %s: %d train images, %d classes, device %s, %s", self.run_dir, len(self.train_table),
-                 len(self.class_names), self.device, "frozen backbone" if cfg.model.freeze_backbone else "end to end")
+                 len(self.class_names), self.device, _regime(cfg))
         val_split = cfg.data.val_split
         metric = cfg.train.selection_metric
         for epoch in range(self.start_epoch, cfg.train.epochs):
@@ -556,6 +567,13 @@ def split_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarra
 def _stack(parts: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type) -> np.ndarray:
     """Concatenate batch arrays; an empty array of `empty_shape` when a rank had no rows."""
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype=dtype)
+
+
+def _regime(cfg: RunConfig) -> str:
+    """What trains, in words (for the log)."""
+    if cfg.model.freeze_backbone:
+        return "frozen backbone"
+    return f"trained from {cfg.model.train_from}" if cfg.model.train_from else "end to end"
 
 
 def _limit(table: LabelledImages, n: int | None) -> LabelledImages:

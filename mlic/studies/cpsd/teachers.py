@@ -24,14 +24,16 @@ def predict_logits(checkpoint: str | Path, table: LabelledImages, *, device: str
                    batch_size: int | None = None) -> np.ndarray:
     """Logits ``[N, C_run]`` of a run's saved weights on every image of `table`, in eval mode, evaluation transform.
 
-    In frozen-backbone mode the backbone features come from the feature cache the run trained on (same key:
-    backbone weights, preprocessing, image list), and only the head runs.
+    With a frozen backbone (or a cut) the backbone features (or the prefix's output) come from the cache the run
+    trained on (same key: backbone weights, preprocessing, image list, cut), and only the head (or the suffix and
+    the head) runs.
     """
     dev = resolve_device(device)
     model, cfg, _ = load_model(checkpoint, device=dev)
     data = cfg.data
     batch_size = batch_size or data.eval_batch_size or data.batch_size
-    if not cfg.model.freeze_backbone:
+    train_from = cfg.model.train_from
+    if not (cfg.model.freeze_backbone or train_from):
         return predict_table(model, table, image_size=data.image_size, normalize=data.normalize,
                              batch_size=batch_size, device=dev, num_workers=cfg.runtime.num_workers, logits=True)
     from mlic.data.dataset import ImageDataset, build_transforms
@@ -44,11 +46,12 @@ def predict_logits(checkpoint: str | Path, table: LabelledImages, *, device: str
                                                   normalize=data.normalize), bad_images="raise")
     settings = {"image_size": data.image_size, "normalize": data.normalize, "mean": mean, "std": std}
     feats = cached_features(model, images, settings=settings, device=dev, batch_size=batch_size,
-                            num_workers=cfg.runtime.num_workers, progress=False)
+                            num_workers=cfg.runtime.num_workers, progress=False, train_from=train_from)
     out = np.zeros((len(table), model.num_classes), dtype=np.float32)
     for start in range(0, len(table), batch_size):
         chunk = torch.from_numpy(np.asarray(feats[start:start + batch_size], dtype=np.float32)).to(dev)
-        out[start:start + len(chunk)] = model.forward_head(chunk).float().cpu().numpy()
+        logits = model(chunk, from_cut=True) if train_from else model.forward_head(chunk)
+        out[start:start + len(chunk)] = logits.float().cpu().numpy()
     return out
 
 
