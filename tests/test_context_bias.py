@@ -404,6 +404,8 @@ def test_thresholds_fixed_from_the_run_or_tuned(tmp_path: Path) -> None:
     np.testing.assert_allclose(tuned, [0.6, 0.8])  # the highest thresholds that keep every positive
     with pytest.raises(ValueError, match="tune on"):
         cb.method_thresholds(loaded, source="tuned")
+    with pytest.raises(ValueError, match="threshold source"):
+        cb.method_thresholds(loaded, source="median")
 
 
 def test_evaluate_methods_and_record_schema(tmp_path: Path) -> None:
@@ -421,6 +423,10 @@ def test_evaluate_methods_and_record_schema(tmp_path: Path) -> None:
     assert set(recorded) == {"m1", "m2"} and recorded["m1"]["test"]["tail_mAP"] == pytest.approx(
         summary.loc["m1", "tail_mAP"])
     json.dumps(recorded)
+    top = cb.headline(result["summary"], "m2", "test", pairs_in_group={"label_pairs_in_group": 95.0,
+                                                                     "score_pairs_in_group": float("nan")})
+    assert top["test"]["label_pairs_in_group"] == 95.0 and "score_pairs_in_group" not in top["test"]
+    assert top["test"]["gap"] == pytest.approx(summary.loc["m2", "gap"])
     assert cb.reference_method(["cpsd", "baseline"]) == "baseline" and cb.reference_method(["a", "b"]) == "a"
     with pytest.raises(ValueError, match="not among"):
         cb.reference_method(["a"], "b")

@@ -8,11 +8,12 @@ where it is alone. Singh et al., "Don't Judge an Object by Its Context: Learning
   b and z, divided by the mean score of b over the images that hold b without z, from a model trained the standard
   way (`bias_matrix`). For each b, the z with the largest bias among the categories that co-occur with b in at least
   a minimum share of b's *training* images is b's context; the K most biased pairs (K = 20 in the paper) are the
-  biased categories (`biased_pairs`). The paper scores a held-out split (the public reproduction, Kim et al.,
-  ReScience C 7(2), 2021, github.com/princetonvisualai/ContextualBias, holds out 20 % of the training images) and
-  keeps the z that co-occur with b "frequently"; the reproduction's threshold is 10 % of b's training images, the
-  default `min_share` here. Before any model is trained, `biased_pairs` without scores ranks the pairs by the label
-  statistics alone: P(z | b) on the training labels.
+  biased categories (`biased_pairs`). The public reproduction (Kim et al., ReScience C 7(2), 2021,
+  github.com/princetonvisualai/ContextualBias) computes the bias on a held-out 20 % of the training images and counts
+  a z that is with b in at least 10 % of b's training images, the default `min_share` here; the notebook ranks on
+  the validation split and evaluates on the test split, so the pairs are not chosen on the images they are judged
+  on. Before any model is trained, `biased_pairs` without scores ranks the pairs by the label statistics alone:
+  P(z | b) on the training labels.
 * **Exclusive vs co-occur AP** of b for a pair (b, z) (`exclusive_cooccur_ap`): the AP of b over the images with b
   and without z plus every image without b ("exclusive"), and over the images with b and z plus every image without b
   ("co-occur"). A context-biased model has a lower exclusive AP.
@@ -190,7 +191,7 @@ def biased_pairs(labels: Any, *, k: int = 20, scores: Any = None, scored_labels:
             images of `labels`.
         scored_mask: unknown entries of `scored_labels` (see `bias_matrix`).
         min_share: a candidate z co-occurs with b in at least this share of b's training images (Singh et al. keep
-            "frequently" co-occurring z; the public reproduction uses 0.1).
+            the frequently co-occurring z; the public reproduction's threshold is 0.1).
         class_names: names of the columns, added as `b_name` and `z_name`.
 
     Returns:
@@ -516,11 +517,19 @@ def saved_split(run_dirs: Mapping[str, Any], candidates: Sequence[str]) -> str:
                             f"{', '.join(str(r.path) for r in folders)}")
 
 
+#: where the thresholds of the conditional false positives come from: name → f(predictions, method, default, tuning)
+THRESHOLD_SOURCES: Registry[np.ndarray] = Registry("threshold source")
+
+
+@THRESHOLD_SOURCES.register("fixed")
 def _fixed_thresholds(predictions: Predictions, name: str, default: float, tuning: Predictions | None) -> np.ndarray:
+    """One threshold for every class."""
     return np.full(len(predictions.class_names), float(default))
 
 
+@THRESHOLD_SOURCES.register("run")
 def _run_thresholds(predictions: Predictions, name: str, default: float, tuning: Predictions | None) -> np.ndarray:
+    """The run's tuned thresholds (`thresholds.json`), else the fixed one."""
     run = Run(predictions.run_dirs[name])
     if not run.thresholds_file.is_file():
         log.info("%s has no tuned thresholds: %.2f is used", run.path, default)
@@ -530,27 +539,22 @@ def _run_thresholds(predictions: Predictions, name: str, default: float, tuning:
     return np.array([lookup.get(c, default) for c in predictions.class_names], dtype=np.float64)
 
 
+@THRESHOLD_SOURCES.register("tuned")
 def _tuned_thresholds(predictions: Predictions, name: str, default: float, tuning: Predictions | None) -> np.ndarray:
+    """Per class, the F1-optimal threshold on another split's predictions (`mlic.metrics.tune_thresholds`)."""
     if tuning is None:
         raise ValueError("thresholds 'tuned' need the predictions of a split to tune on")
+    if tuning.split == predictions.split:
+        log.warning("thresholds tuned on %s, the split they are reported on", tuning.split)
     return metrics.tune_thresholds(tuning.scores[name], tuning.targets, default=default, mask=tuning.mask)
-
-
-#: where the thresholds of the conditional false positives come from
-THRESHOLD_SOURCES: dict[str, Callable[[Predictions, str, float, Predictions | None], np.ndarray]] = {
-    "fixed": _fixed_thresholds,  # one threshold for every class
-    "run": _run_thresholds,  # the run's tuned thresholds (thresholds.json), else the fixed one
-    "tuned": _tuned_thresholds,  # per-class F1-optimal on another split's predictions (mlic.metrics.tune_thresholds)
-}
 
 
 def method_thresholds(predictions: Predictions, *, source: str = "fixed", default: float = 0.5,
                       tuning: Predictions | None = None) -> dict[str, np.ndarray]:
-    """Per method, ``[C]`` thresholds from `source` (a key of `THRESHOLD_SOURCES`); `tuning`: the predictions of
+    """Per method, ``[C]`` thresholds from `source` (a name of `THRESHOLD_SOURCES`); `tuning`: the predictions of
     the split the ``"tuned"`` thresholds are tuned on (not the reported one)."""
-    if source not in THRESHOLD_SOURCES:
-        raise ValueError(f"unknown threshold source {source!r}; choose from {', '.join(THRESHOLD_SOURCES)}")
-    return {name: THRESHOLD_SOURCES[source](predictions, name, default, tuning) for name in predictions.methods}
+    compute = THRESHOLD_SOURCES.get(source)
+    return {name: compute(predictions, name, default, tuning) for name in predictions.methods}
 
 
 def reference_method(methods: Sequence[str], preferred: str = "") -> str:
