@@ -35,6 +35,7 @@ TINY: dict[str, dict] = {
                                     "methods": ["baseline", "ml_decoder", "aam", "moe_dynamic",
                                                 "single_positive_role", "cpsd"], "cpsd_k": 2, "cam_images": 8},
     "10_explorer.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
+    "12_context_bias.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 5},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}
 SPLIT_NAMES = {"train", "val", "test", "test_shift", "test_bg", "test_cooc"}
