@@ -14,9 +14,9 @@ from mlic.core.errors import ConfigError
 
 #: flags every training command takes, in the order `--help` lists them
 TRAINING_PARAMETERS = ("dataset", "data_root", "train_split", "val_split", "eval_splits", "image_size", "batch_size",
-                       "hflip", "max_train_images", "backbone", "pretrained", "head", "freeze_backbone", "loss", "lr",
-                       "weight_decay", "epochs", "ema_decay", "ema_warmup", "seed", "device", "progress", "resume",
-                       "compile", "num_workers", "threads", "output_dir")
+                       "hflip", "max_train_images", "backbone", "pretrained", "head", "freeze_backbone", "train_from",
+                       "loss", "lr", "weight_decay", "epochs", "ema_decay", "ema_warmup", "seed", "device", "progress",
+                       "resume", "compile", "num_workers", "threads", "output_dir")
 
 
 def _is_bool(parameter: Parameter) -> bool:

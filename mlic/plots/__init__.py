@@ -5,6 +5,7 @@ figures live in one module per topic; all of them are reachable as `mlic.plots.<
 """
 
 from mlic.plots.cams import *  # noqa: F401,F403
+from mlic.plots.claims import *  # noqa: F401,F403
 from mlic.plots.context_bias import *  # noqa: F401,F403
 from mlic.plots.core import *  # noqa: F401,F403
 from mlic.plots.moe import *  # noqa: F401,F403
