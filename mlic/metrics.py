@@ -26,11 +26,15 @@ Conventions (decided once here, so every notebook and table agrees):
   are counted in ``n_classes_without_positives``, and are left out of every mean (mAP, CP, CR).
 * **Mask.** An optional boolean ``mask`` ``[N, C]`` marks the entries to include (False = unknown / VOC
   "difficult"): an excluded entry is neither positive nor negative for its class, as if it were absent.
-* **Thresholded metrics** (ML-GCN / CPSD definitions): a label is predicted when ``score >= threshold``. Per class c,
-  CP_c = TP_c / (TP_c + FP_c), with 0/0 := 0 (a class never predicted has precision 0, as in ML-GCN); CR_c = TP_c /
-  (TP_c + FN_c). CP and CR average over the classes that have at least one positive; CF1 = 2·CP·CR / (CP + CR).
-  OP = ΣTP / Σ(TP + FP) and OR = ΣTP / Σ(TP + FN) sum over *all* classes (false positives on a class without
-  positives are still errors); OF1 = 2·OP·OR / (OP + OR). 0/0 := 0 throughout. All reported in percent.
+* **Thresholded metrics** (``convention="mlic"``, the default): a label is predicted when ``score >= threshold``. Per
+  class c, CP_c = TP_c / (TP_c + FP_c), with 0/0 := 0 (a class never predicted has precision 0, as in ML-GCN); CR_c =
+  TP_c / (TP_c + FN_c). CP and CR average over the classes that have at least one positive; CF1 = 2·CP·CR / (CP + CR).
+  OP = ΣTP / Σ(TP + FP) and OR = ΣTP / Σ(TP + FN) sum over *all* classes (false positives on a class without positives
+  are still errors); OF1 = 2·OP·OR / (OP + OR). 0/0 := 0 throughout. All reported in percent. ``convention="mlgcn"``
+  computes them as ML-GCN's evaluation code (also used by CPSD) does: every class counts in CP and CR (a class without
+  positives gives CR_c = 0 rather than leaving the mean), and a class never predicted has its predicted count set to 1,
+  which adds 1 to OP's denominator for each such class (so OP and OF1 come out a little lower than the definitions above
+  when some class is never predicted).
 * **Top-k** (ML-GCN ``overall_topk``): a label is predicted when it is among the image's k highest scores *and* its
   score passes the threshold, exactly as ML-GCN does; pass ``threshold=None`` for pure top-k. Ties at the k-th
   place go to the lower class index.
@@ -407,6 +411,9 @@ def _f1(p: np.ndarray | float, r: np.ndarray | float) -> np.ndarray:
     return _ratio(2.0 * p * r, p + r)
 
 
+CONVENTIONS = ("mlic", "mlgcn")
+
+
 def evaluate(
     scores: Any,
     targets: Any,
@@ -416,8 +423,10 @@ def evaluate(
     mode: str = "noninterp",
     thresholds: Any = None,
     mask: Any = None,
+    convention: str = "mlic",
 ) -> dict[str, Any]:
-    """mAP and the thresholded metrics CP CR CF1 OP OR OF1 (ML-GCN / CPSD definitions), all in percent.
+    """mAP and the thresholded metrics CP CR CF1 OP OR OF1, all in percent (the module docstring gives the two
+    conventions: ``"mlic"``, and ``"mlgcn"`` for ML-GCN's and CPSD's evaluation code).
 
     Args:
         scores: ``[N, C]`` probabilities (the thresholds apply to them; mAP only needs their order).
@@ -429,6 +438,7 @@ def evaluate(
         thresholds: optional ``[C]`` per-class thresholds; they override ``threshold``. Tune them on a split other
             than the one reported (see :func:`tune_thresholds`).
         mask: optional ``[N, C]`` booleans of the entries to include.
+        convention: ``"mlic"`` or ``"mlgcn"`` (see the module docstring).
 
     Returns:
         dict with ``mAP CP CR CF1 OP OR OF1`` (floats, percent) and ``n_classes_without_positives``. CP and CR
@@ -436,14 +446,20 @@ def evaluate(
         classes; 0/0 := 0.
     """
     mode = _check_mode(mode)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
     s, t, m = _prepare(scores, targets, mask)
     tp, fp, fn = _counts(_predict(s, threshold, thresholds, top_k), t, m)
     valid = (tp + fn) > 0
-    cp_c = _ratio(tp, tp + fp)
+    predicted = tp + fp
+    if convention == "mlgcn":  # every class in the means; an unpredicted class counts as one prediction
+        predicted = np.maximum(predicted, 1)
+        valid = np.ones_like(valid)
+    cp_c = _ratio(tp, predicted)
     cr_c = _ratio(tp, tp + fn)
     cp = float(cp_c[valid].mean()) if valid.any() else 0.0
     cr = float(cr_c[valid].mean()) if valid.any() else 0.0
-    op = float(_ratio(tp.sum(), (tp + fp).sum()))
+    op = float(_ratio(tp.sum(), predicted.sum()))
     orr = float(_ratio(tp.sum(), (tp + fn).sum()))
     ap = _ap_fast(s, t, m, mode)
     return {

@@ -217,7 +217,7 @@ def test_bind_rejects_another_class_count() -> None:
 
 def test_graph_attention_attends_only_along_edges() -> None:
     torch.manual_seed(0)
-    layer = GraphAttention(4, 3)
+    layer = GraphAttention(4, 3).eval()  # eval: the attention dropout is off
     x = torch.randn(5, 4)
     torch.testing.assert_close(layer(x, torch.eye(5)), F.elu(x @ layer.W))  # only self-loops: itself alone
     adjacency = torch.eye(5)
@@ -230,7 +230,9 @@ def test_graph_attention_attends_only_along_edges() -> None:
 @pytest.mark.parametrize("layer_type", ["gcn", "gat"])
 def test_graph_reweighting_is_precomputed_at_inference_and_equals_training(layer_type: str) -> None:
     torch.manual_seed(0)
-    head = create_head("gat_reweight", in_features=6, num_classes=4, layer_type=layer_type, **SMALL["gat_reweight"])
+    # attention dropout off: the train-mode branch must then equal the cached eval-mode one exactly
+    head = create_head("gat_reweight", in_features=6, num_classes=4, layer_type=layer_type, attention_dropout=0.0,
+                       **SMALL["gat_reweight"])
     head.bind(*_labels_of(_random_table(30, 4)))
     features = torch.randn(2, 6, 3, 3)
     trained = head.train()(features)  # live branch, with gradients
@@ -388,3 +390,12 @@ def test_train_heads_compares_heads_and_extracts_their_figures(scenes_root: Path
     np.testing.assert_allclose(np.diag(similarity), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="head entry"):
         head_overrides("x", {"head_kwargs": {}})
+
+
+def test_graph_reweighting_defaults_follow_the_reference_config() -> None:
+    """deep-object-reid's GraphAttentionLayer drops 10% of the attention coefficients, and its paper config pools
+    the re-weighted map with the backbone's average pooling."""
+    head = create_head("gat_reweight", in_features=6, num_classes=4, layer_type="gat", label_embeddings="learned")
+    assert head.gc1.dropout.p == head.gc2.dropout.p == 0.1
+    features = torch.randn(2, 6, 3, 3)
+    torch.testing.assert_close(head.decoder(features), head.decoder.fc(features.mean(dim=(2, 3))))

@@ -393,3 +393,31 @@ def test_stable_descending_argsort(dtype):
     x[2, 5:10] = -np.inf
     x[3] = 1.0
     np.testing.assert_array_equal(metrics._stable_desc_argsort(x), np.argsort(-x, axis=1, kind="stable"))
+
+
+def test_the_mlgcn_convention_is_ml_gcns_evaluation_formula() -> None:
+    """ML-GCN's `evaluation` (util.py): per class Ng, Np = #scores ≥ threshold, Nc = #correct; Np of 0 set to 1;
+    OP = ΣNc / ΣNp, OR = ΣNc / ΣNg, CP = mean_c Nc/Np, CR = mean_c Nc/Ng over all classes (written out here)."""
+    from mlic.metrics import evaluate
+
+    rng = np.random.default_rng(4)
+    targets = (rng.random((60, 5)) < 0.4).astype(np.uint8)
+    targets[:, 4] = 0
+    targets[0, 4] = 1  # class 4: one positive
+    scores = rng.random((60, 5))
+    scores[:, 3] = 0.1  # class 3 never predicted
+    pred = scores >= 0.5
+    n_g = targets.sum(0).astype(float)
+    n_p = pred.sum(0).astype(float)
+    n_c = (pred & (targets == 1)).sum(0).astype(float)
+    n_p[n_p == 0] = 1
+    op, orr = n_c.sum() / n_p.sum(), n_c.sum() / n_g.sum()
+    cp, cr = np.mean(n_c / n_p), np.mean(n_c / n_g)
+    got = evaluate(scores, targets, convention="mlgcn")
+    assert got["OP"] == pytest.approx(100 * op) and got["OR"] == pytest.approx(100 * orr)
+    assert got["CP"] == pytest.approx(100 * cp) and got["CR"] == pytest.approx(100 * cr)
+    assert got["OF1"] == pytest.approx(100 * 2 * op * orr / (op + orr))
+    ours = evaluate(scores, targets)
+    assert ours["OP"] > got["OP"]  # the unpredicted class adds 1 to ML-GCN's denominator only
+    with pytest.raises(ValueError, match="unknown convention"):
+        evaluate(scores, targets, convention="coco")

@@ -149,3 +149,23 @@ def test_cooccurrence_handles_many_sparse_labels() -> None:
     labels.data[:] = 1
     M, N = cooccurrence(labels)
     assert M.shape == (c, c) and N.sum() == labels.sum() and (M == M.T).all()
+
+
+def test_the_reference_method_is_the_best_of_four_sklearn_clusterings_by_calinski_harabasz(planted: np.ndarray
+                                                                                          ) -> None:
+    """CPSD's procedure, computed here explicitly: four scikit-learn spectral clusterings of the precomputed
+    affinity, the one with the highest Calinski–Harabasz score on the affinity's rows kept."""
+    from sklearn.metrics import calinski_harabasz_score
+
+    noisy = planted_labels(n=800, seed=3, noise=0.15)  # weak structure: the four runs can differ
+    for kind, k in (("co", 5), ("dis", 3)):
+        P = affinity(*cooccurrence(noisy), kind, tau=2.0)
+        runs = [SpectralClustering(n_clusters=k, affinity="precomputed", n_init=20, random_state=7 * 4 + r)
+                .fit(P).labels_ for r in range(4)]
+        expected = max(runs, key=lambda labels: calinski_harabasz_score(P, labels))
+        got = spectral_partition(P, k, seed=7, method="reference")
+        assert adjusted_rand_score(expected, got) == 1.0 and set(got) == set(range(k))
+    truth = assignment_from_groups(GROUPS, 20)
+    assert adjusted_rand_score(truth, label_partition(planted, "cgp", 5, tau=2.0, method="reference")) == 1.0
+    with pytest.raises(ValueError, match="unknown partition method"):
+        spectral_partition(affinity(*cooccurrence(planted), "co"), 5, method="ncut")

@@ -25,7 +25,9 @@ def register(commands: Any) -> None:
                        help="student variant(s) to train (default: cpsd; repeatable)")
     study.add_argument("--k", type=int, default=5, help="number of parts (paper: 5)")
     study.add_argument("--seed", type=int, action="append", default=None, help="seed(s) (default: 0; repeatable)")
-    study.add_argument("--tau", type=float, default=3.0, help="affinity exponent (paper 3, reference code 2)")
+    study.add_argument("--tau", type=float, default=2.0, help="affinity exponent (reference code 2, paper 3)")
+    study.add_argument("--partition-method", choices=("reference", "mlic"), default="reference",
+                       help="spectral procedure: the reference code's (reproduces CPSD's COCO partitions) or mlic's")
     study.add_argument("--alpha", type=float, default=0.5, help="CGP/DGP balance of the student loss (reference 0.5)")
     study.add_argument("--cls-weight", type=float, default=0.5, help="weight of the student's ASL (reference 0.5)")
     study.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from mlic.studies.cpsd import CPSDSettings, CPSDStudy
 
     base = config_from_args(args, CPSD_PARAMETERS)
-    settings = CPSDSettings(tau=args.tau, alpha=args.alpha, cls_weight=args.cls_weight,
+    settings = CPSDSettings(tau=args.tau, partition_method=args.partition_method, alpha=args.alpha,
+                            cls_weight=args.cls_weight,
                             teacher_overrides=parse_set(args.teacher_set),
                             student_overrides=parse_set(args.student_set), workers=args.jobs,
                             keep_last=args.keep_last, evaluate_teachers=args.evaluate_teachers)

@@ -255,16 +255,18 @@ def _partition(claim: Claim, rows: pd.DataFrame, n_boot: int, seed: int) -> dict
     truth = assignment_from_groups(list(groups), table.num_classes)
     strategy, k = claim.options.get("strategy", "cgp"), int(claim.options.get("k", len(groups)))
     n_init = int(claim.options.get("n_init", 10))
+    tau, method = float(claim.options.get("tau", 2.0)), str(claim.options.get("method", "reference"))
 
     def ari(labels: np.ndarray, s: int) -> float:
-        assign = label_partition(labels, strategy, k, seed=s, n_init=n_init)
+        assign = label_partition(labels, strategy, k, seed=s, n_init=n_init, tau=tau, method=method)
         return 100.0 * adjusted_rand_score(truth, assign)
 
     rng = np.random.default_rng(seed)
     draws = np.array([ari(table.labels[rng.integers(0, len(table), len(table))], i) for i in range(n_boot)])
     low, high = np.quantile(draws, [0.025, 0.975])
     return {"delta": ari(table.labels, seed), "ci_low": float(low), "ci_high": float(high), "n_seeds": n_boot,
-            "regime": f"{strategy} partition, k = {k}, {len(table)} training images resampled"}
+            "regime": f"{strategy} partition ({method}, tau {tau:g}), k = {k}, {len(table)} training images "
+                      "resampled"}
 
 
 def _training_table(run_dir: str) -> Any:
@@ -339,7 +341,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("CPSD > baseline", _CPSD, "cpsd", "cpsd", "baseline"),
     Claim("CGP recovers the planted groups (ARI ≥ 90)", "CPSD §3.1 on Scenes' planted groups", "cpsd", "cgp", None,
           split="train", metric="ARI", kind="at_least", margin=90.0, evaluator="partition",
-          options={"strategy": "cgp", "k": 5}),
+          options={"strategy": "cgp", "k": 5, "method": "reference", "tau": 2.0}),
     Claim("CPSD reduces co-occurrence over-fitting (smaller test→test_cooc drop)", "CPSD (Xu et al.), §1 and Fig. 1",
           "cpsd", "cpsd", "baseline", evaluator="drop", options={"to": "test_cooc"}),
     Claim("CPSD raises exclusive AP (b without its biasing companion)", "CPSD (Xu et al.) in Singh et al.'s terms",

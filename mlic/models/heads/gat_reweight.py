@@ -11,13 +11,15 @@ Faithful to the reference:
   fixed, never trained;
 - two graph layers `D_emb → hidden (= F / hidden_scale, scale 1) → F`, each followed by LeakyReLU(0.2);
   `layer_type="gcn"` (bias-free GCN, the default — and what the released config actually runs) or `"gat"` (graph
-  attention masked to the graph's edges, ELU inside the layer, attention dropout 0 as in the reference's default);
+  attention masked to the graph's edges, ELU inside the layer, attention dropout 0.1 as in the reference's
+  `GraphAttentionLayer`);
 - channel weights `w = σ(max over labels of the graph output)` `[F]`, and `f̃ = w ⊙ f` on every spatial position.
 
 Deliberate differences:
-- the readout after re-weighting: `decoder="linear"` (default) sums global average and global max pooling then a
-  linear layer — the paper's text (§3.3); the reference code uses the backbone's configured pooling and, with the AAM
-  loss, a cosine classifier (`AngleSimpleLinear`), which belongs to the loss choice, not to this head;
+- the readout after re-weighting: `decoder="linear"` (default) pools globally then applies a linear layer; the
+  pooling defaults to the average, the backbone's pooling in the reference's paper config (`pooling="avg+max"` is the
+  sum of average and max pooling the paper's text mentions in §3.3); with the AAM loss the reference's classifier is a
+  cosine one (`AngleSimpleLinear`), which belongs to the loss choice, not to this head;
   `decoder` may name any registered head instead (`"ml_decoder"`: the paper's "GAN re-weighting + MLD"), with its own
   options in `decoder_kwargs`;
 - label-name vectors from `mlic.models.label_text` (`"minilm"` by default, `"glove:<path>"`, `"learned"`); the
@@ -57,7 +59,7 @@ POOLINGS.register("avg+max")(lambda tokens: tokens.mean(dim=1) + tokens.amax(dim
 class PooledLinear(Head):
     """Global pooling (`avg`, `max` or the paper's `avg+max` sum), dropout, then `Linear(F, C)`."""
 
-    def __init__(self, in_features: int, num_classes: int, *, pooling: str = "avg+max", dropout: float = 0.0) -> None:
+    def __init__(self, in_features: int, num_classes: int, *, pooling: str = "avg", dropout: float = 0.0) -> None:
         super().__init__()
         self.pool = POOLINGS.get(pooling)
         self.dropout = nn.Dropout(dropout)
@@ -88,7 +90,7 @@ class GraphReweightHead(LabelGraphHead):
         tau: co-occurrence threshold (reference 0.4).
         p: neighbour re-weighting ρ (reference 0.25).
         train_embeddings: fine-tune text embeddings (default: fixed).
-        attention_dropout: dropout on graph-attention coefficients (`gat` only; reference 0).
+        attention_dropout: dropout on graph-attention coefficients (`gat` only; reference 0.1).
         negative_slope: LeakyReLU slope after each graph layer (reference 0.2).
         decoder: `"linear"` (pooling + linear) or a registered head name such as `"ml_decoder"`.
         decoder_kwargs: options of the decoder (`pooling`, `dropout` for `linear`; the head's own otherwise).
@@ -96,7 +98,7 @@ class GraphReweightHead(LabelGraphHead):
 
     def __init__(self, in_features: int, num_classes: int, *, layer_type: str = "gcn", label_embeddings: str = "minilm",
                  embedding_dim: int = 300, hidden_scale: float = 1.0, tau: float = 0.4, p: float = 0.25,
-                 train_embeddings: bool = False, attention_dropout: float = 0.0, negative_slope: float = 0.2,
+                 train_embeddings: bool = False, attention_dropout: float = 0.1, negative_slope: float = 0.2,
                  decoder: str = "linear", decoder_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         dim = self._init_label_graph(num_classes, label_embeddings=label_embeddings, embedding_dim=embedding_dim,

@@ -70,11 +70,11 @@ class GraphAttention(nn.Module):
     """Graph attention layer (Veličković et al. 2018) as in deep-object-reid's `GraphAttentionLayer`.
 
     `e_ij = LeakyReLU_α(a₁·Wh_i + a₂·Wh_j)`, masked to the graph's edges (`adjacency > 0`), softmax over j, dropout,
-    `h'_i = Σ_j att_ij Wh_j`, then ELU (`concat=True`). W and a are xavier-uniform with gain 1.414; the reference's
-    default attention dropout is 0.
+    `h'_i = Σ_j att_ij Wh_j`, then ELU (`concat=True`). W and a are xavier-uniform with gain 1.414; attention dropout
+    0.1 as in the reference's layer.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, attention_dropout: float = 0.0,
+    def __init__(self, in_features: int, out_features: int, *, attention_dropout: float = 0.1,
                  negative_slope: float = 0.2, concat: bool = True, **_: object) -> None:
         super().__init__()
         self.W = nn.Parameter(torch.empty(in_features, out_features))

@@ -27,6 +27,7 @@ class Partition:
     tau: float
     class_names: list[str]
     assign: list[int]
+    method: str = "mlic"
 
     @property
     def groups(self) -> list[list[int]]:
@@ -46,14 +47,14 @@ class Partition:
 
 
 def make_partition(table: LabelledImages, strategy: str, k: int, *, seed: int = 0, tau: float = 3.0,
-                   n_init: int = 20) -> Partition:
+                   n_init: int = 20, method: str = "mlic") -> Partition:
     """Partition the classes of a training table with a strategy of `mlic.models.label_graph.STRATEGIES`."""
-    assign = label_partition(table.labels, strategy, k, tau=tau, seed=seed, n_init=n_init)
-    return Partition(strategy, k, seed, tau, list(table.class_names), assign.tolist())
+    assign = label_partition(table.labels, strategy, k, tau=tau, seed=seed, n_init=n_init, method=method)
+    return Partition(strategy, k, seed, tau, list(table.class_names), assign.tolist(), method)
 
 
 def partition_sweep(labels: np.ndarray, ks: Sequence[int], strategies: Sequence[str] = ("cgp", "dgp", "random"), *,
-                    tau: float = 3.0, seed: int = 0, n_init: int = 20,
+                    tau: float = 3.0, seed: int = 0, n_init: int = 20, method: str = "mlic",
                     groups: Sequence[Sequence[int]] | None = None) -> tuple[dict[str, dict[int, np.ndarray]],
                                                                            pd.DataFrame]:
     """Partitions of the label matrix for every strategy and k, with their agreement with known `groups`.
@@ -71,7 +72,7 @@ def partition_sweep(labels: np.ndarray, ks: Sequence[int], strategies: Sequence[
     for strategy in strategies:
         partitions[strategy] = {}
         for k in ks:
-            assign = label_partition(labels, strategy, k, tau=tau, seed=seed, n_init=n_init)
+            assign = label_partition(labels, strategy, k, tau=tau, seed=seed, n_init=n_init, method=method)
             partitions[strategy][k] = assign
             row: dict[str, Any] = {"strategy": strategy, "k": k,
                                    "sizes": "-".join(map(str, np.bincount(assign, minlength=k)))}

@@ -88,7 +88,10 @@ class CPSDSettings:
     """Settings of the CPSD pipeline (literals, so a notebook or YAML can hold them).
 
     Attributes:
-        tau: affinity smoothing exponent (paper 3; reference code 2, its square root).
+        tau: affinity smoothing exponent (reference code 2, its square root — the default; paper 3).
+        partition_method: the spectral procedure (`mlic.models.label_graph.spectral_partition`): ``"reference"``
+            (the default: CPSD's code, which reproduces the co-occurrence partitions CPSD ships for COCO exactly)
+            or ``"mlic"`` (row-normalised embedding and k-means; the same on well separated groups).
         n_init: k-means restarts of the spectral partition (reference 20).
         alpha: CGP/DGP balance of the student loss (reference 0.5).
         cls_weight: weight of the student's ASL term (reference 0.5; paper Eq. 7: 1, with both KD weights 0.5 —
@@ -104,7 +107,8 @@ class CPSDSettings:
             them). `best.pt` is always kept: the teachers' logits come from it.
     """
 
-    tau: float = 3.0
+    tau: float = 2.0
+    partition_method: str = "reference"
     n_init: int = 20
     alpha: float = 0.5
     cls_weight: float = 0.5
@@ -206,9 +210,11 @@ class CPSDStudy:
         path = self.root / "partitions" / f"{self.family(strategy, k, seed)}.json"
         if path.exists():
             saved = Partition.load(path)
-            if saved.tau == self.settings.tau and saved.class_names == list(self.train_table.class_names):
+            if (saved.tau, saved.method, saved.class_names) == (self.settings.tau, self.settings.partition_method,
+                                                                list(self.train_table.class_names)):
                 return saved
         part = make_partition(self.train_table, strategy, k, seed=seed, tau=self.settings.tau,
+                              method=self.settings.partition_method,
                               n_init=self.settings.n_init)
         part.save(path)
         return part
