@@ -426,6 +426,13 @@ def headline(table: pd.DataFrame, variant: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def run_dirs(table: pd.DataFrame, seed: int | None = None) -> dict[str, str]:
+    """`{variant: run_dir}` of one seed's runs of a `run_grid` table (default: the first seed in the table)."""
+    seed = table["seed"].iloc[0] if seed is None else seed
+    rows = table[table["seed"] == seed]
+    return dict(zip(rows["variant"], rows["run_dir"]))
+
+
 def by_variant(table: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     """`headline` of every variant of a `run_grid` table, for `mlic.report.record(methods=...)`."""
     return {str(v): headline(table, v) for v in dict.fromkeys(table["variant"])}

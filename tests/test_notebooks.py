@@ -17,24 +17,28 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 # Tiny parameters for each notebook (every notebook must have an entry: a new notebook without one fails here).
 _TINY_MODEL = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32, "batch_size": 16}
+_TINY_CUT = {"train_from": "blocks.4", "seeds": [0]}  # the studies' regime: the last block and the head train
 TINY: dict[str, dict] = {
     "00_quickstart.ipynb": {**_TINY_MODEL, "epochs": 1},
     "01_label_graph.ipynb": {"k_values": [2, 3, 5], "n_init": 5},
-    "02_heads.ipynb": {**_TINY_MODEL, "epochs": 1, "label_embeddings": "learned", "decoder_embedding": 32,
+    "02_heads.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 1, "label_embeddings": "learned", "decoder_embedding": 32,
                        "decoder_feedforward": 64, "q2l_hidden_dim": 32, "q2l_feedforward": 64,
-                       "attention_images": 2, "latency_repeats": 2},
-    "03_aam.ipynb": {**_TINY_MODEL, "epochs": 2},
+                       "heads": ["gap", "ml_decoder", "query2label", "ml_gcn"], "attention_images": 2,
+                       "latency_repeats": 2},
+    "03_aam.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 2, "lrs": [0.01]},
     "03b_aam_sweeps.ipynb": {},  # summarises a suite: run by test_aam_sweeps_summarise_a_suite_of_grid_runs
-    "04_cpsd.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},
-    "05_moe.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0], "hidden_dim": 16, "dim_feedforward": 32,
+    "04_cpsd.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 1, "k": 2, "seeds": [0], "k_values": [2]},
+    "05_moe.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 1, "seeds": [0], "hidden_dim": 16, "dim_feedforward": 32,
                      "expert_hidden": 16, "shown_images": 50},
     "06_cams.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
-    "07_single_positive.ipynb": {**_TINY_MODEL, "epochs": 1, "seeds": [0]},
-    "08_thresholds.ipynb": {**_TINY_MODEL, "epochs": 2},
-    "09_cooccurrence_shift.ipynb": {**_TINY_MODEL, "epochs": 1, "decoder_width": 16, "label_embeddings": "learned",
+    "07_single_positive.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 1, "seeds": [0]},
+    "08_thresholds.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 2},
+    "09_cooccurrence_shift.ipynb": {**_TINY_MODEL, **_TINY_CUT, "epochs": 1, "decoder_width": 16,
+                                    "label_embeddings": "learned", "cpsd_k": 2, "cam_images": 8,
                                     "methods": ["baseline", "ml_decoder", "aam", "moe_dynamic",
-                                                "single_positive_role", "cpsd"], "cpsd_k": 2, "cam_images": 8},
+                                                "single_positive_role", "cpsd"]},
     "10_explorer.ipynb": {**_TINY_MODEL, "epochs": 1, "max_images": 16, "figure_images": 2},
+    "11_claims.ipynb": {"n_boot": 20},  # judges a suite's runs: with none, every claim is listed inconclusive
     "12_context_bias.ipynb": {**_TINY_MODEL, "epochs": 1, "k": 5},
 }
 SUITE_SUMMARIES = {"03b_aam_sweeps.ipynb"}

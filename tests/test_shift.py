@@ -24,7 +24,7 @@ def _predictions(run_dir: Path, split: str, scores: np.ndarray, targets: np.ndar
 def test_drop_table_measures_points_and_share() -> None:
     frame = pd.DataFrame({"variant": ["x", "y", "x"], "seed": [0, 0, 1], "test/mAP": [80.0, 60.0, 82.0],
                           "test_shift/mAP": [40.0, 54.0, 42.0]})
-    out = shift.drop_table(frame).set_index("method")  # means over seeds
+    out = shift.drop_table(frame, by="variant").set_index("method")  # means over seeds
     assert out.loc["x", "drop"] == 40.0 and out.loc["x", "relative_drop"] == 40.0 / 81.0
     assert out.loc["y", "drop"] == pytest.approx(6.0) and list(out.index) == ["y", "x"]  # smallest drop first
 

@@ -8,7 +8,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["shift_drops", "label_drop_heatmap", "drop_vs_companion_energy", "label_drop_vs_companion_energy"]
+__all__ = ["shift_drops", "label_drop_heatmap", "drop_vs_companion_energy", "label_drop_vs_companion_energy",
+           "shift_decomposition"]
 
 
 def shift_drops(drops: pd.DataFrame, *, metric: str = "mAP", splits: tuple[str, str] = ("test", "test_shift")
@@ -67,5 +68,28 @@ def label_drop_vs_companion_energy(long: pd.DataFrame) -> Figure:
     ax.set_ylabel("AP drop (points)")
     ax.set_title(f"Per label and method (Spearman ρ = {rho:.2f})")
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def shift_decomposition(decomposition: pd.DataFrame, *, title: str = "What each method's drop is made of") -> Figure:
+    """Per method (rows of `mlic.studies.shift.decompose`), the mean drop over seeds from test to test_bg (a foreign
+    background), to test_cooc (no co-occurring companions) and to test_shift (both), side by side, with the seeds'
+    standard deviation as error bars; methods ordered by their drop to test_cooc."""
+    parts = [("drop_bg", "background (test_bg)"), ("drop_cooc", "co-occurrence (test_cooc)"),
+             ("drop_shift", "both (test_shift)")]
+    parts = [(c, label) for c, label in parts if f"{c}_mean" in decomposition]
+    order = "drop_cooc_mean" if "drop_cooc_mean" in decomposition else f"{parts[0][0]}_mean"
+    frame = decomposition.sort_values(order, kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(frame) + 2.5), 4.4))
+    width = 0.8 / len(parts)
+    x = np.arange(len(frame))
+    for i, (column, label) in enumerate(parts):
+        ax.bar(x + (i - (len(parts) - 1) / 2) * width, frame[f"{column}_mean"], width, yerr=frame[f"{column}_std"],
+               label=label, capsize=2)
+    ax.set_xticks(x, frame["method"], rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylabel("mAP drop from test (points)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig

@@ -324,9 +324,10 @@ def build_ledger(runs: pd.DataFrame, claims: Sequence[Claim] | None = None, *, n
 
 
 def ledger_metrics(ledger: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Headline numbers for `mlic.report.record`: how many claims were reproduced, refuted, inconclusive."""
-    counts = ledger["verdict"].value_counts()
-    return {"claims": {v: float(counts.get(v, 0)) for v in VERDICTS}}
+    """Headline numbers for `mlic.report.record`: per split the claims are about, how many were reproduced,
+    refuted and inconclusive."""
+    return {str(split): {v: float((rows["verdict"] == v).sum()) for v in VERDICTS}
+            for split, rows in ledger.groupby("split", sort=False)}
 
 
 _CPSD = "CPSD (Xu et al., IJCAI 2022), Table 3"
@@ -360,3 +361,20 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("ROLE > EPR (one positive per image)", _SPML, "single_positive", "role", "epr"),
     Claim("EPR > AN (one positive per image)", _SPML, "single_positive", "epr", "an"),
 )
+
+
+LEDGER_FILE = "claims.csv"
+
+
+def write_ledger(ledger: pd.DataFrame, suite_dir: str | Path) -> Path:
+    """Write the ledger to `<suite_dir>/claims.csv`, which the suite's index shows first; returns the path."""
+    from mlic.core.io import atomic_write_text
+
+    path = Path(suite_dir) / LEDGER_FILE
+    atomic_write_text(path, ledger.to_csv(index=False))
+    return path
+
+
+def bars(claims: Sequence[Claim] | None = None) -> dict[str, float]:
+    """`{claim name: bar}` of the claims tested against a bar (for `mlic.plots.claims_forest`)."""
+    return {c.name: c.margin for c in (claims or CLAIMS) if c.kind == "at_least"}

@@ -23,6 +23,7 @@ from mlic.inference import load_images
 from mlic.models import backbone_data_config
 from mlic.models.profile import profile_model
 from mlic.runs import Run, run_grid
+from mlic.stats import over_seeds
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ def train_heads(base_cfg: RunConfig, heads: Mapping[str, Mapping[str, Any]], *, 
             costs[row.variant] = profile_model(model, base_cfg.data.image_size, repeats=latency_repeats)
         table = table.join(pd.DataFrame([costs[v] for v in table["variant"]], index=table.index))
     return table
+
+
+COST_COLUMNS = ("params_M", "head_params_M", "GFLOPs", "head_GFLOPs", "latency_ms")
+
+
+def summary(table: pd.DataFrame, splits: Sequence[str], metrics: Sequence[str] = ("mAP", "CF1", "OF1")
+            ) -> pd.DataFrame:
+    """Per head: mean ± std over seeds of each `<split>/<metric>`, the seed count, the mean training seconds and
+    the cost columns of `train_heads` (a property of the architecture: the same for every seed)."""
+    columns = [f"{s}/{m}" for s in splits for m in metrics if f"{s}/{m}" in table]
+    out = over_seeds(table, "variant", columns)
+    extra = [c for c in (*COST_COLUMNS, "train_seconds") if c in table]
+    if extra:
+        out = out.merge(table.groupby("variant", sort=False)[extra].mean().reset_index(), on="variant")
+    return out
 
 
 def attention_examples(run_dir: str | Path, table: LabelledImages, indices: Sequence[int]) -> dict[str, Any]:

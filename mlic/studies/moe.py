@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlic import runs
 from mlic.core.config import RunConfig
 from mlic.models.label_graph import cooccurrence
 from mlic.runs import Run
@@ -73,9 +74,8 @@ def method_metrics(summary: pd.DataFrame, *, metric: str = "mAP", splits: Sequen
 
 
 def run_dirs(table: pd.DataFrame, seed: int) -> dict[str, str]:
-    """`{head: run_dir}` of one seed's runs in a `train_seeds` table."""
-    rows = table[table["seed"] == seed]
-    return dict(zip(rows["variant"], rows["run_dir"]))
+    """`{head: run_dir}` of one seed's runs in a `train_seeds` table (`mlic.runs.run_dirs`)."""
+    return runs.run_dirs(table, seed)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -21,11 +21,14 @@ import pandas as pd
 from mlic import metrics
 from mlic.core.config import RunConfig
 from mlic.runs import Run, run_grid
+from mlic.stats import over_seeds
 from mlic.studies.aam import loss_variants
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "test_shift")
+#: the factorial shift of Scenes: what each split breaks (a foreign background; no co-occurring companions; both)
+FACTORS = {"test_bg": "background", "test_cooc": "co-occurrence", "test_shift": "both"}
 
 
 def _head(name: str, **kwargs: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -59,7 +62,7 @@ def list_methods() -> list[str]:
 def train_methods(base: RunConfig, methods: Sequence[str], *, head_options: dict[str, dict[str, Any]] | None = None,
                   cpsd_k: int = 5, seeds: Sequence[int] | None = None, workers: int = 1) -> pd.DataFrame:
     """Train every method on `base` (`mlic.runs.run_grid` under `base.output_dir`; CPSD as a study in its
-    ``cpsd/`` sub-folder); one row per method and seed with `run_grid`'s columns (``variant`` is the method)."""
+    ``cpsd/`` sub-folder); one row per method and seed with `run_grid`'s columns and ``method`` (the variant)."""
     unknown = sorted(set(methods) - set(list_methods()))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list_methods()}")
@@ -79,19 +82,66 @@ def train_methods(base: RunConfig, methods: Sequence[str], *, head_options: dict
         frames.append(pd.DataFrame(rows))
     frame = pd.concat(frames, ignore_index=True)
     order = {name: i for i, name in enumerate(methods)}
-    return frame.sort_values(["seed", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
-                             kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["seed", "variant"], key=lambda s: s.map(order) if s.name == "variant" else s,
+                              kind="stable").reset_index(drop=True)
+    return frame.assign(method=frame["variant"])
 
 
-def drop_table(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = SPLITS) -> pd.DataFrame:
-    """Per method (mean over seeds): `metric` on both splits, the drop (points) and the relative drop (share of
-    the first split's value)."""
-    first, second = (f"{split}/{metric}" for split in splits)
-    out = frame.groupby("variant", sort=False)[[first, second]].mean().reset_index().rename(
-        columns={"variant": "method"})
+def drop_table(frame: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str] = SPLITS,
+               by: str = "method") -> pd.DataFrame:
+    """Per method (the `by` column; mean over seeds): `metric` on both splits, the drop (points) and the relative
+    drop (share of the first split's value)."""
+    first, second = (f"{split}/{metric}" for split in splits[:2])
+    by = by if by in frame else "variant"
+    out = frame.groupby(by, sort=False)[[first, second]].mean().reset_index().rename(columns={by: "method"})
     out["drop"] = out[first] - out[second]
     out["relative_drop"] = out["drop"] / out[first]
     return out.sort_values("drop").reset_index(drop=True)
+
+
+def first_runs(frame: pd.DataFrame, *, by: str = "method") -> dict[str, str]:
+    """`{method: run_dir}` of each method's first run in `frame` (the lowest seed): the models the CAMs explain."""
+    rows = frame.sort_values("seed", kind="stable").drop_duplicates(by)
+    return dict(zip(rows[by], rows["run_dir"]))
+
+
+def decompose(frame: pd.DataFrame, *, metric: str = "mAP", by: Sequence[str] = ("method",),
+              reference: str = "test") -> pd.DataFrame:
+    """Each method's drop from `reference` to each shifted split, mean ± std over seeds, and what it is made of.
+
+    ``drop_bg`` = `reference` − test_bg (the background cue misleads), ``drop_cooc`` = `reference` − test_cooc (the
+    companions are gone), ``drop_shift`` = `reference` − test_shift (both), and ``interaction`` = drop_shift −
+    drop_bg − drop_cooc: what losing both cues costs beyond the sum of losing each (0 when the two add up).
+    Rows of `frame`: one per run with ``<split>/<metric>`` columns (a `mlic.runs.run_grid` table).
+    """
+    keys = list(by)
+    frame = frame.copy()
+    ref = frame[f"{reference}/{metric}"]
+    parts = {"bg": "test_bg", "cooc": "test_cooc", "shift": "test_shift"}
+    columns = []
+    for short, split in parts.items():
+        column = f"{split}/{metric}"
+        if column in frame:
+            frame[f"drop_{short}"] = ref - frame[column]
+            columns.append(f"drop_{short}")
+    if {"drop_bg", "drop_cooc", "drop_shift"} <= set(frame.columns):
+        frame["interaction"] = frame["drop_shift"] - frame["drop_bg"] - frame["drop_cooc"]
+        columns.append("interaction")
+    metrics_columns = [f"{s}/{metric}" for s in (reference, *parts.values()) if f"{s}/{metric}" in frame]
+    return over_seeds(frame, keys, metrics_columns + columns)
+
+
+def suite_methods(suite_dir: str | Path, *, splits: Sequence[str] = ("test", "test_shift")) -> pd.DataFrame:
+    """Every run the studies of a suite recorded (`mlic.studies.claims.collect_runs`) that saved predictions on
+    `splits`, as rows with a ``method`` column (``<variant> (<study>)``) beside its `<split>/<metric>` columns: the
+    shift study of a whole suite, without training anything again."""
+    from mlic.studies.claims import collect_runs
+
+    runs = collect_runs(suite_dir)
+    keep = [all(Run(d).predictions_file(s).is_file() for s in splits) for d in runs["run_dir"]]
+    runs = runs[keep].copy()
+    runs["method"] = [f"{v} ({s})" for v, s in zip(runs["variant"], runs["study"])]
+    return runs.reset_index(drop=True)
 
 
 def per_label_ap(run_dirs: dict[str, str | Path], split: str) -> pd.DataFrame:

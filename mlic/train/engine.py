@@ -184,6 +184,8 @@ class Trainer:
         if cfg.data.batch_size % self.world:
             raise ValueError(f"data.batch_size is the global batch: {cfg.data.batch_size} does not split evenly over "
                              f"{self.world} processes")
+        if cfg.runtime.threads:  # several runs at once on a small machine: each keeps to its share of the cores
+            torch.set_num_threads(cfg.runtime.threads)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
