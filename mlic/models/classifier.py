@@ -27,10 +27,15 @@ class MultiLabelClassifier(nn.Module):
         self.backbone_name = backbone_name
         self.head_name = head_name
         self.prefix_tokens = num_prefix_tokens(backbone)
+        #: timm's hierarchical transformers (Swin) return channels-last maps, declared by their `output_fmt`
+        self.channels_last_features = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features: `[B, C, H, W]` for CNNs, `[B, N, C]` patch tokens for ViTs."""
+        """Backbone features: `[B, C, H, W]` for CNNs (and Swin's NHWC maps, permuted), `[B, N, C]` patch tokens for
+        ViTs."""
         features = self.backbone.forward_features(images)
+        if features.dim() == 4 and self.channels_last_features:
+            features = features.permute(0, 3, 1, 2)
         if features.dim() == 3 and self.prefix_tokens:
             features = features[:, self.prefix_tokens:]
         return features
