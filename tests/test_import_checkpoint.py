@@ -18,8 +18,10 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from mlic import metrics
 from mlic.cli.main import main as cli_main
 from mlic.data.sources import load_split
+from mlic.inference import evaluate_checkpoint, predict_table
 from mlic.models.checkpoints import (
     COCO_CLASSES,
     CheckpointImportError,
@@ -440,6 +442,11 @@ def test_cli_import_then_mlic_eval_and_predict_on_scenes(tmp_path: Path, scenes_
     assert cli_main(["eval", str(dst), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert '"test"' in out and '"mAP"' in out
+    voc = evaluate_checkpoint(dst, device="cpu", mode="voc_interp")["test"]["mAP"]  # Query2Label's convention
+    model, cfg, _ = load_model(dst)
+    scores = predict_table(model, table, image_size=cfg.data.image_size)
+    assert voc == pytest.approx(metrics.evaluate(scores, table.labels, mode="voc")["mAP"])
+    assert voc != pytest.approx(metrics.evaluate(scores, table.labels)["mAP"])
     predictions = tmp_path / "predictions.csv"
     assert cli_main(["predict", str(dst), str(scenes_root / "annotations" / "test.json"), "--output",
                      str(predictions), "--no-progress", "--device", "cpu"]) == 0
