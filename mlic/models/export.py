@@ -114,6 +114,7 @@ def export_onnx(model: nn.Module, output: str | Path, *, image_size: int, class_
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # a note, not a fault
             try:
                 torch.onnx.export(wrapped, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
                                   output_names=list(OUTPUT_NAMES), opset_version=opset,
