@@ -19,11 +19,13 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from mlic import metrics
+from mlic.cli.import_checkpoint import RELEASES
 from mlic.cli.main import main as cli_main
 from mlic.data.sources import load_split
 from mlic.inference import evaluate_checkpoint, predict_table
 from mlic.models.checkpoints import (
     COCO_CLASSES,
+    RELEASE_FORMATS,
     CheckpointImportError,
     ImportOptions,
     import_checkpoint,
@@ -419,6 +421,10 @@ def test_a_shape_mismatch_is_reported_with_both_shapes(tmp_path: Path) -> None:
     src = _save(tmp_path / "asl.pth", {"model": state})
     with pytest.raises(CheckpointImportError, match=r"head\.fc\.bias \[5\] ← head\.fc\.bias \[4\]"):
         import_checkpoint("asl", src, tmp_path / "out.pt", options=ImportOptions(classes=list("abcde")))
+
+
+def test_the_command_offers_every_release_format() -> None:
+    assert sorted(RELEASES) == RELEASE_FORMATS.list()
 
 
 def test_unknown_class_count_asks_for_class_names(tmp_path: Path) -> None:

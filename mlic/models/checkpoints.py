@@ -40,7 +40,7 @@ import logging
 import math
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -698,7 +698,3 @@ def read_class_names(path: str | Path) -> list[str]:
         return [str(n) for n in names]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
-
-def release_formats() -> Sequence[str]:
-    """Names of the release formats."""
-    return RELEASE_FORMATS.list()
