@@ -2,7 +2,7 @@
 
 The public API, loaded on first use (PEP 562), so `import mlic` and `mlic --help` load no torch: `mlic.data`,
 `mlic.models`, `mlic.losses`, `mlic.metrics`, `mlic.stats`, `mlic.train`, `mlic.runs`, `mlic.inference`,
-`mlic.explain`, `mlic.studies`, `mlic.plots`, `mlic.report`, and the config `mlic.RunConfig`.
+`mlic.explain`, `mlic.studies`, `mlic.plots`, `mlic.report`, the config `mlic.RunConfig` and `mlic.predict`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         train,
     )
     from mlic.core.config import RunConfig
+    from mlic.inference import predict
 
 __all__ = ["__version__", "RunConfig", "cli", "core", "data", "explain", "inference", "losses", "metrics", "models",
-           "plots", "report", "runs", "stats", "studies", "train"]
-_ATTRIBUTES = {"RunConfig": ("mlic.core.config", "RunConfig")}
+           "plots", "predict", "report", "runs", "stats", "studies", "train"]
+_ATTRIBUTES = {"RunConfig": ("mlic.core.config", "RunConfig"), "predict": ("mlic.inference", "predict")}
 _SUBMODULES = frozenset(__all__) - {"__version__", *_ATTRIBUTES}
 
 

@@ -13,10 +13,10 @@ import os
 import sys
 import traceback
 
-from mlic.cli import cpsd, evaluate, report, run, scenes, train
+from mlic.cli import cpsd, evaluate, export, import_checkpoint, predict, report, run, scenes, train
 from mlic.core.errors import MlicError
 
-COMMANDS = (scenes, train, evaluate, cpsd, run, report)
+COMMANDS = (scenes, train, evaluate, predict, export, import_checkpoint, cpsd, run, report)
 
 #: errors that are the user's input, not a bug: shown as one line unless --debug
 USER_ERRORS: tuple[type[BaseException], ...] = (MlicError, ValueError, FileNotFoundError, FileExistsError,

@@ -31,6 +31,8 @@ class MultiLabelClassifier(nn.Module):
         self.head_name = head_name
         self.prefix_tokens = num_prefix_tokens(backbone)
         self.cut: BackboneCut | None = None
+        #: timm's hierarchical transformers (Swin) return channels-last maps, declared by their `output_fmt`
+        self.channels_last_features = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
 
     def set_cut(self, train_from: str | None) -> None:
         """Freeze the backbone before the module `train_from` (None: no cut, everything trains)."""
@@ -45,14 +47,18 @@ class MultiLabelClassifier(nn.Module):
                 module.eval()
         return self
 
-    def _strip_prefix_tokens(self, features: torch.Tensor) -> torch.Tensor:
+    def _head_input(self, features: torch.Tensor) -> torch.Tensor:
+        """The backbone's output as heads take it: Swin's NHWC maps permuted to NCHW, ViT prefix tokens dropped."""
+        if features.dim() == 4 and self.channels_last_features:
+            features = features.permute(0, 3, 1, 2)
         if features.dim() == 3 and self.prefix_tokens:
             features = features[:, self.prefix_tokens:]
         return features
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features: `[B, C, H, W]` for CNNs, `[B, N, C]` patch tokens for ViTs."""
-        return self._strip_prefix_tokens(self.backbone.forward_features(images))
+        """Backbone features: `[B, C, H, W]` for CNNs (and Swin's NHWC maps, permuted), `[B, N, C]` patch tokens for
+        ViTs."""
+        return self._head_input(self.backbone.forward_features(images))
 
     def forward_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen prefix's output (what a cut's cache stores); needs a cut."""
@@ -72,7 +78,7 @@ class MultiLabelClassifier(nn.Module):
         if from_cut:
             if self.cut is None:
                 raise ValueError("from_cut needs a cut (model.train_from)")
-            return self._strip_prefix_tokens(self.cut.suffix(inputs))
+            return self._head_input(self.cut.suffix(inputs))
         return self.forward_features(inputs)
 
     def forward(self, inputs: torch.Tensor, *, from_features: bool = False, from_cut: bool = False,
