@@ -17,6 +17,9 @@ def register(commands: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per batch")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold for CP/CR/OP/OR")
     p.add_argument("--top-k", type=int, default=None, help="report top-k metrics instead of the threshold ones")
+    p.add_argument("--ap-mode", choices=("noninterp", "voc", "sklearn"), default="noninterp",
+                   help="AP convention: noninterp (ASL, ML-Decoder, ML-GCN, CPSD), voc (Query2Label's interpolated "
+                        "AP), sklearn")
     p.add_argument("--output", default=None, help="also write the results JSON here")
     p.set_defaults(func=run)
 
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from mlic.inference import evaluate_checkpoint
 
     results = evaluate_checkpoint(args.checkpoint, splits=args.split, data_root=args.data_root, device=args.device,
-                                  batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold)
+                                  batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold,
+                                  mode=args.ap_mode)
     text = json.dumps(results, indent=2)
     if args.output:
         atomic_write_text(args.output, text + "\n")

@@ -106,9 +106,11 @@ def export_onnx(model: nn.Module, output: str | Path, *, image_size: int, class_
     generator = torch.Generator().manual_seed(seed)
     example = _example_inputs(2, image_size, mean, std, normalize, generator)
     parity = _example_inputs(parity_batch, image_size, mean, std, normalize, generator)
+    device = next(model.parameters()).device  # exported where the model is (a GPU too); compared on the CPU
+    example = example.to(device)
     with torch.no_grad():
         wrapped(example)  # fills the graph heads' caches, so the branch is traced as a constant
-        expected_logits, expected_scores = (t.numpy() for t in wrapped(parity))
+        expected_logits, expected_scores = (t.cpu().numpy() for t in wrapped(parity.to(device)))
     with atomic_path(output) as tmp:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -122,7 +124,10 @@ def export_onnx(model: nn.Module, output: str | Path, *, image_size: int, class_
             except Exception as err:  # the exporter raises many types; one message naming the model and file
                 raise ExportError(f"{output}: ONNX export failed ({type(err).__name__}: {err})") from err
         onnx.checker.check_model(str(tmp))
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(str(tmp), providers=providers)
         logits, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: parity.numpy()})
         diff_logits = float(np.abs(logits - expected_logits).max())
         diff_scores = float(np.abs(scores - expected_scores).max())
