@@ -45,20 +45,21 @@ def moe_heads(table: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str]
 def gate_heatmaps(mean_gates: dict[str, np.ndarray], class_names: Sequence[str], slots: Sequence[str], *,
                   title: str = "Mean gate weight per label") -> Figure:
     """One label × slot heatmap per head (`mlic.studies.moe.mean_gates`), weights in [0, 1], annotated when small
-    enough."""
+    enough; the cells are sized so that the values are written at 8 pt, as large as the tick labels."""
     heads = list(mean_gates)
-    fig, axes = plt.subplots(1, len(heads), figsize=(1.2 + 0.75 * len(slots) * len(heads) + 1.6 * len(heads),
-                                                     0.8 + 0.26 * len(class_names)), squeeze=False)
-    annotate = len(class_names) * len(slots) <= 200
+    cell_w, cell_h = 0.75, 0.3  # inches: wide enough for "0.00" at 8 pt
+    width = len(heads) * (1.4 + cell_w * len(slots)) + 1.0
+    fig, axes = plt.subplots(1, len(heads), figsize=(width, 1.6 + cell_h * len(class_names)), squeeze=False,
+                             layout="constrained")
+    annotate = len(class_names) * len(slots) <= 400
     for ax, head in zip(axes[0], heads):
         sns.heatmap(np.asarray(mean_gates[head], dtype=float), ax=ax, vmin=0, vmax=1, cmap="mako_r",
-                    annot=annotate, fmt=".2f", annot_kws={"fontsize": 6}, xticklabels=list(slots),
+                    annot=annotate, fmt=".2f", annot_kws={"fontsize": 8}, xticklabels=list(slots),
                     yticklabels=list(class_names), cbar=ax is axes[0, -1], cbar_kws={"shrink": 0.6})
         ax.set_title(head)
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -125,24 +126,41 @@ def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
     """Per label, `y` (default: the share of routing to shared experts) against label statistics, one panel per
     column of `xs`, one colour per head, Spearman ρ per head in the legend (rows of
     `mlic.studies.moe.label_routing`); a head whose `y` is the same for every label (static gates' context
-    dependence) is drawn unlabelled, marked constant."""
+    dependence) is marked constant.
+
+    A label's points (one per head) are joined by a thin grey line and named once, beside its last head's point;
+    adjustText moves the names apart so that none overlaps another (with up to 40 labels; more are left unnamed).
+    """
+    from adjustText import adjust_text
+
     heads = list(dict.fromkeys(frame["head"]))
     colours = sns.color_palette("deep", len(heads))
-    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(xs), figsize=(5.6 * len(xs), 4.6), squeeze=False, layout="constrained")
     for ax, x in zip(axes[0], xs):
+        rows_of = {head: frame[frame["head"] == head].dropna(subset=[x, y]) for head in heads}
+        varying = [head for head in heads if rows_of[head][y].nunique() > 1]
         for colour, head in zip(colours, heads):
-            rows = frame[(frame["head"] == head)].dropna(subset=[x, y])
-            constant = rows[y].nunique() <= 1
-            rho = rows[x].rank().corr(rows[y].rank()) if len(rows) > 2 and not constant else float("nan")
-            label = f"{head} (constant)" if constant else f"{head} (ρ = {rho:.2f})"
-            ax.scatter(rows[x], rows[y], color=colour, s=22, alpha=0.8, label=label)
-            if annotate and len(rows) <= 40 and not constant:
-                for _, row in rows.iterrows():
-                    ax.annotate(str(row["label"]), (row[x], row[y]), fontsize=6, alpha=0.7, xytext=(2, 2),
-                                textcoords="offset points")
+            rows = rows_of[head]
+            rho = rows[x].rank().corr(rows[y].rank()) if len(rows) > 2 and head in varying else float("nan")
+            label = f"{head} (ρ = {rho:.2f})" if head in varying else f"{head} (constant)"
+            ax.scatter(rows[x], rows[y], color=colour, s=26, alpha=0.85, label=label, zorder=3)
+        points = pd.concat([rows_of[h] for h in varying]) if varying else frame.iloc[:0]
+        names = list(dict.fromkeys(points["label"])) if annotate else []
+        if len(names) > 40:
+            names = []
+        texts = []
+        for name in names:
+            mine = points[points["label"] == name]
+            if len(mine) > 1:
+                ax.plot(mine[x], mine[y], color="grey", linewidth=0.6, alpha=0.6, zorder=2)
+            last = mine.iloc[-1]
+            texts.append(ax.text(last[x], last[y], str(name), fontsize=8, zorder=4))
         ax.set(xlabel=x, ylabel=y.replace("_", " "), title=f"{y.replace('_', ' ')} vs {x}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.legend(fontsize=8, loc="best")
+        if texts:
+            fig.canvas.draw()  # adjustText reads the rendered text sizes
+            adjust_text(texts, ax=ax, x=points[x].to_numpy(), y=points[y].to_numpy(),
+                        arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     return fig
 
 
