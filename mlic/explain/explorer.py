@@ -25,7 +25,7 @@ import pandas as pd
 from mlic.core import paths
 from mlic.data.table import LabelledImages
 from mlic.explain import models, scoring
-from mlic.runs import Run, is_run
+from mlic.runs import CHECKPOINTS_DIR, Run, is_run
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_name(path: str | Path) -> str:
     for a folder named by `mlic.runs.run_dir` (whose own name is only the seed and a hash)."""
     folder = paths.resolve(path)
     if folder.is_file():
-        folder = folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
+        folder = folder.parent.parent if folder.parent.name == CHECKPOINTS_DIR else folder.parent
     return f"{folder.parent.name}/{folder.name}" if _RUN_FOLDER.fullmatch(folder.name) else folder.name
 
 

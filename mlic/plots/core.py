@@ -164,7 +164,7 @@ def precision_recall_curves(scores: np.ndarray, targets: np.ndarray, class_names
 def split_comparison(metrics_by_split: dict[str, dict[str, float]],
                      keys: Sequence[str] = ("mAP", "CF1", "OF1")) -> Figure:
     """Grouped bars of headline metrics per split — the drop from test to test_shift at a glance; the legend sits
-    above the axes, clear of the bars and their values."""
+    beside the axes, clear of the bars and their values."""
     data = pd.DataFrame([{"split": split, "metric": k, "value": m[k]} for split, m in metrics_by_split.items()
                          for k in keys if k in m])
     fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
@@ -172,10 +172,8 @@ def split_comparison(metrics_by_split: dict[str, dict[str, float]],
     for container in ax.containers:
         ax.bar_label(container, fmt="%.1f", fontsize=8)
     ax.set_ylim(0, 1.1 * max(float(data["value"].max()), 1.0))
-    sns.move_legend(ax, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(metrics_by_split), title=None,
-                    frameon=False)
-    ax.set(ylabel="%", xlabel="")
-    ax.set_title("Metrics per split", pad=24)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title=None, frameon=False)
+    ax.set(ylabel="%", xlabel="", title="Metrics per split")
     return fig
 
 

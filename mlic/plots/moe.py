@@ -129,7 +129,8 @@ def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
     dependence) is marked constant.
 
     A label's points (one per head) are joined by a thin grey line and named once, beside its last head's point;
-    adjustText moves the names apart so that none overlaps another (with up to 40 labels; more are left unnamed).
+    adjustText moves the names apart so that none overlaps another (with up to 40 labels; more are left unnamed), in
+    a fixed number of iterations rather than its default time limit, so the same data give the same figure.
     """
     from adjustText import adjust_text
 
@@ -160,7 +161,7 @@ def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
         if texts:
             fig.canvas.draw()  # adjustText reads the rendered text sizes
             adjust_text(texts, ax=ax, x=points[x].to_numpy(), y=points[y].to_numpy(),
-                        arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+                        arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}, iter_lim=200)
     return fig
 
 
@@ -190,11 +191,14 @@ def gate_explorer(gates: dict[str, np.ndarray], contexts: np.ndarray, class_name
     """An ipywidgets panel: pick a head, a label and a context ("all" or one), see `gates_per_image` for it.
 
     Images are those holding the label when `targets` is given. Returns the widget (display it as a cell's last
-    value); it draws its first figure at once, so an executed notebook (papermill) keeps a static picture even
-    without a widget front end.
+    value). Each change draws the figure as a PNG into the `Output` widget's outputs (plain widget state, as the
+    explorer does: it renders in JupyterLab and can be read without a browser); the first figure is drawn at once,
+    so an executed notebook (papermill) keeps a static picture even without a widget front end.
     """
+    import base64
+    import io
+
     import ipywidgets as widgets
-    from IPython.display import display
 
     contexts = np.asarray(contexts)
     names = list(context_names) if context_names is not None else [str(c) for c in np.unique(contexts)]
@@ -212,10 +216,13 @@ def gate_explorer(gates: dict[str, np.ndarray], contexts: np.ndarray, class_name
             keep &= contexts == ctx
         fig = gates_per_image(gates[head_pick.value][keep, c], contexts[keep], slots, context_names=names,
                               label_name=class_names[c], head=head_pick.value, max_images=max_images)
-        with output:
-            output.clear_output(wait=True)
-            display(fig)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
+        text = f"gates of {class_names[c]} ({head_pick.value}, context {context_pick.label})"
+        output.outputs = ({"output_type": "display_data", "metadata": {},
+                           "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                                    "text/plain": text}},)
 
     for pick in (head_pick, label_pick, context_pick):
         pick.observe(redraw, names="value")
