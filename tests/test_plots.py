@@ -621,6 +621,9 @@ def test_gate_explorer_redraws_for_another_label() -> None:
     assert second["data"]["image/png"] != first["data"]["image/png"]
     context_pick.value = 1
     assert output.outputs[0]["data"]["text/plain"] == "gates of c (moe_dynamic, context 1)"
+    fig = plots.gates_per_image(gates["moe_dynamic"][:, 2], np.zeros(30, int), ["s", "h"], label_name="c",
+                                subset="context 1")
+    assert fig._suptitle.get_text() == "gates of 'c' per image (context 1)"  # the title says which images
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def _context_colours(n: int) -> list[Any]:
 
 def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str], *,
                     context_names: Sequence[str] | None = None, label_name: str = "", head: str = "",
-                    max_images: int = 200, seed: int = 0) -> Figure:
+                    max_images: int = 200, seed: int = 0, subset: str = "") -> Figure:
     """One label's gate weights image by image, grouped and coloured by scene context, beside their mean per context.
 
     Args:
@@ -80,6 +80,7 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
         label_name, head: for the title.
         max_images: a random sample of at most this many images is drawn (left panel only).
         seed: the sample's seed.
+        subset: which images these are, for the title (e.g. "context street" when the caller kept one context).
     """
     gates, contexts = np.asarray(gates, dtype=float), np.asarray(contexts)
     count = int(contexts.max(initial=0)) + 1
@@ -116,7 +117,8 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
     ax_ctx.tick_params(axis="x", rotation=45, labelsize=7)
     ax_ctx.tick_params(axis="y", rotation=0, labelsize=8)
     ax_ctx.set_title("mean per context (images)", fontsize=9)
-    fig.suptitle(f"{head}: gates of '{label_name}' per image" if head else f"gates of '{label_name}' per image")
+    which = f" ({subset})" if subset else ""
+    fig.suptitle((f"{head}: " if head else "") + f"gates of '{label_name}' per image{which}")
     fig.tight_layout()
     return fig
 
@@ -215,7 +217,8 @@ def gate_explorer(gates: dict[str, np.ndarray], contexts: np.ndarray, class_name
         if ctx >= 0:
             keep &= contexts == ctx
         fig = gates_per_image(gates[head_pick.value][keep, c], contexts[keep], slots, context_names=names,
-                              label_name=class_names[c], head=head_pick.value, max_images=max_images)
+                              label_name=class_names[c], head=head_pick.value, max_images=max_images,
+                              subset=f"context {context_pick.label}" if ctx >= 0 else "")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
