@@ -36,7 +36,7 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1500,1100")
+                  "--disable-dev-shm-usage")
 TINY_MODEL = {"backbone": "test_efficientnet", "pretrained": False, "image_size": 32, "batch_size": 16}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -104,14 +104,14 @@ def jupyter_lab(root: Path, state: Path, *, timeout: float = 60.0) -> Iterator[s
 
 
 @contextlib.contextmanager
-def chromium(profile: Path) -> Iterator[Any]:
-    """Headless Chromium under chromedriver with a fresh profile, fit to run as root."""
+def chromium(profile: Path, *, size: tuple[int, int] = (1500, 1100)) -> Iterator[Any]:
+    """Headless Chromium under chromedriver with a fresh profile, fit to run as root, its window `size` pixels."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     try:
@@ -308,14 +308,17 @@ def test_moe_gate_widget_redraws_for_another_label_and_context(lab: tuple[Any, s
 # The README's screenshot
 # ---------------------------------------------------------------------------------------------------------------------
 def screenshot_explorer(target: Path, *, timeout: float = 900) -> None:
-    """Run `notebooks/10_explorer.ipynb` with its default parameters in JupyterLab, pick the worst false positives
-    as it opens, and save the explorer widget's screenshot as `target` (PNG)."""
+    """Run `notebooks/10_explorer.ipynb` with its default parameters in JupyterLab (it opens on the worst false
+    positives of the most confidently wrong label) and save the explorer's controls and view as `target` (PNG)."""
+    import io
+
+    from PIL import Image
     from selenium.webdriver.common.by import By
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         copy = prepare("10_explorer.ipynb", state / "notebooks", {"output_dir": str(REPO / "runs" / "explorer")})
-        with jupyter_lab(copy.parent, state) as url, chromium(state / "profile") as driver:
+        with jupyter_lab(copy.parent, state) as url, chromium(state / "profile", size=(1400, 2400)) as driver:
             open_notebook(driver, url, copy.name)
             run_all(driver, timeout=timeout)
             check_rendered(driver, copy.name)
@@ -324,8 +327,12 @@ def screenshot_explorer(target: Path, *, timeout: float = 900) -> None:
             panel = label.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
             driver.execute_script("arguments[0].scrollIntoView(true);", panel)
             time.sleep(1)
+            view = panel.find_element(By.CSS_SELECTOR, ".widget-output")
+            shot = Image.open(io.BytesIO(panel.screenshot_as_png))
+            scale = shot.width / panel.rect["width"]
+            bottom = (view.rect["y"] + view.rect["height"] - panel.rect["y"]) * scale  # the view, not the table
             target.parent.mkdir(parents=True, exist_ok=True)
-            panel.screenshot(str(target))
+            shot.crop((0, 0, shot.width, min(shot.height, int(bottom)))).save(target)
 
 
 if __name__ == "__main__":
