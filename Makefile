@@ -5,7 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCENES := data/scenes/meta.json
-export MPLBACKEND := Agg
+# JupyterLab refuses to run as root (containers, CI) without --allow-root
+LAB_FLAGS := --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# figures without a display for the batch targets only: the lab's kernels keep matplotlib's inline backend
+run test test-fast bench: export MPLBACKEND := Agg
 
 .PHONY: run test test-fast lint lab bench scenes clean-reports
 
@@ -38,9 +42,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mlic tests benchmarks notebooks
 
-## make lab: JupyterLab on notebooks/
+## make lab: JupyterLab on notebooks/ (inline figures; relative paths resolve against this folder, see README)
 lab: $(SCENES)
-	$(VENV)/bin/jupyter lab notebooks
+	env -u MPLBACKEND $(VENV)/bin/jupyter lab $(LAB_FLAGS)
 
 ## make bench: speed benchmarks, ratios measured side by side
 bench: $(SCENES)

@@ -38,6 +38,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from mlic.core import paths
 from mlic.core.io import atomic_write_json, atomic_write_text
 from mlic.runs import metric_columns
 
@@ -79,7 +80,7 @@ def record(output_dir: str | Path, *, metrics: dict[str, dict[str, float]] | Non
     """
     metrics = _check_metrics(metrics or {}, "metrics")
     methods = {str(name): _check_metrics(m, f"methods[{name!r}]") for name, m in (methods or {}).items()}
-    out = Path(output_dir)
+    out = paths.resolve(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in (tables or {}).items():
         atomic_write_text(out / "tables" / f"{name}.csv", frame.to_csv(index=False))
@@ -257,7 +258,7 @@ def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame
     parameters as `param/<name>`, the seed, the recorded headline metrics as `<split>/<metric>` and every
     method's as `<method>:<split>/<metric>` (a failed run's stale results are not read)."""
     rows = []
-    for status_file in sorted(Path(suite_dir).glob(f"*/{STATUS_FILE}")):
+    for status_file in sorted(paths.resolve(suite_dir).glob(f"*/{STATUS_FILE}")):
         run_dir = status_file.parent
         if prefix is not None and not run_dir.name.startswith(prefix):
             continue

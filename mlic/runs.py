@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlic.core import paths
 from mlic.core.config import RunConfig
 from mlic.core.io import load_checkpoint, read_jsonl
 
@@ -53,11 +54,11 @@ class Run:
     """A run folder: what a training run left (see the module docstring), read on demand.
 
     Args:
-        path: the run folder.
+        path: the run folder; a relative one resolves against the lab's home (`mlic.core.paths`).
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = paths.resolve(path)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -201,7 +202,7 @@ def load_model(checkpoint: str | Path, *, device: Any = "cpu") -> tuple[Any, Run
 
 def checkpoint_of(path: str | Path) -> Path:
     """A checkpoint file given a file, or a run folder (its best, else last checkpoint)."""
-    path = Path(path)
+    path = paths.resolve(path)
     if path.is_file():
         return path
     for found in Run(path).checkpoints():
@@ -229,7 +230,7 @@ def find(root: str | Path, *, finished: bool = True, **tags: Any) -> list[Run]:
         finished: only finished runs.
         **tags: e.g. ``role="student", variant="cpsd", seed=0``.
     """
-    root = Path(root)
+    root = paths.resolve(root)
     found = []
     for config in root.rglob(CONFIG_FILE):
         run = Run(config.parent)
@@ -254,7 +255,7 @@ def slug(text: Any) -> str:
 
 def run_dir(root: str | Path, variant: str, cfg: RunConfig) -> Path:
     """The folder of run `cfg` of `variant` under `root`: ``<root>/<variant>/seed<seed>-<identity hash>``."""
-    return Path(root) / slug(variant) / f"seed{cfg.train.seed}-{cfg.identity_hash()}"
+    return paths.resolve(root) / slug(variant) / f"seed{cfg.train.seed}-{cfg.identity_hash()}"
 
 
 @contextlib.contextmanager
@@ -353,7 +354,7 @@ def grid_configs(base: RunConfig, variants: Mapping[str, Mapping[str, Any]], see
                  *, root: str | Path | None = None) -> list[tuple[str, int, RunConfig]]:
     """`(variant, seed, config)` of every run of a grid, seeds outermost; each config's `output_dir` is its
     `run_dir` under `root` (default: `base.output_dir`) and its tags name the variant and the seed."""
-    root = Path(root if root is not None else base.output_dir)
+    root = paths.resolve(root if root is not None else base.output_dir)
     seeds = list(seeds) if seeds else [base.train.seed]
     out = []
     for seed in seeds:

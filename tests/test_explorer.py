@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlic.explain.explorer import MODES, Explorer, expand_runs
+from mlic.explain.explorer import MODES, Explorer, expand_runs, run_name
+from mlic.runs import Run
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -99,3 +100,29 @@ def test_static_figures_and_folders_of_runs(run_dir: Path) -> None:
         explorer.select(colour="red")
     with pytest.raises(FileNotFoundError):
         expand_runs(run_dir / "predictions")
+
+
+def test_image_dropdown_and_title_name_the_same_image(run_dir: Path) -> None:
+    explorer = Explorer(run_dir)
+    explorer.select(split="test", image=5)
+    table = explorer.table(explorer.run_pick.value, "test")
+    image_id = table.image_ids[5]
+    assert explorer.image_pick.label.startswith(f"image {image_id} · ")
+    title = explorer.figure()._suptitle.get_text()
+    assert title.endswith(f"image {image_id}") and "row" not in title
+    assert explorer.mode_pick.style.button_width == "auto"  # "worst false positives" shown whole, not cut
+
+
+def test_a_label_agnostic_method_is_not_titled_as_the_label(run_dir: Path) -> None:
+    explorer = Explorer(run_dir)
+    explorer.select(label="star", method="gradcam")
+    assert explorer.figure().axes[1].get_title().startswith("gradcam of star")
+    explorer.select(method="eigencam")
+    title = explorer.figure().axes[1].get_title()
+    assert "star" not in title and "every label" in title
+
+
+def test_runs_are_named_by_their_folder_and_variant(run_dir: Path, tmp_path: Path) -> None:
+    assert list(expand_runs([run_dir])) == ["tiny"]
+    assert run_name(tmp_path / "runs" / "moe_dynamic" / "seed0-1a2b3c4d") == "moe_dynamic/seed0-1a2b3c4d"
+    assert run_name(Run(run_dir).checkpoint("best")) == "tiny"

@@ -69,6 +69,8 @@ def test_notebook_runs_with_tiny_parameters(name: str, scenes_root: Path, tmp_pa
     assert not unknown, f"tiny parameters not declared by {name}: {unknown}"
     out = tmp_path / "out"
     params = {**TINY[name], "data_root": str(scenes_root), "output_dir": str(out)}
+    if "progress" in declared:
+        params["progress"] = False
     pm.execute_notebook(str(NOTEBOOKS / name), str(tmp_path / name), parameters=params, kernel_name="python3",
                         progress_bar=False, cwd=str(tmp_path))
     results = json.loads((out / "results.json").read_text())

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mlic.core.io import atomic_write_json
 from mlic.data.dataset import ImageDataset, collate_skipping

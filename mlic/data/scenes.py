@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from tqdm.auto import tqdm
 
+from mlic.core import paths
 from mlic.core.io import atomic_write_json, atomic_write_text
 from mlic.data.coco import load_coco
 from mlic.data.sources import DATASETS
@@ -246,7 +247,7 @@ def make_scenes(
     (how much the co-occurrence and background cues help on test, and so how much is lost on test_shift).
 
     Args:
-        out_dir: the dataset root.
+        out_dir: the dataset root (a relative one resolves against the lab's home, `mlic.core.paths`).
         knobs: every setting that changes the files (`ScenesKnobs`, whose docstring explains each); None: the
             defaults.
         seed: the seed; the same seed and knobs give byte-identical files.
@@ -266,7 +267,7 @@ def make_scenes(
     if seed < 0:
         raise ValueError(f"make_scenes: seed must be >= 0, got {seed}")
     knobs = ScenesKnobs.of(knobs or ScenesKnobs(), **knob_values)
-    root = Path(out_dir)
+    root = paths.resolve(out_dir)
     if _is_cached(root, seed, knobs, overwrite):
         logger.info("Scenes already generated in %s (seed %d); reusing it", root, seed)
         return root

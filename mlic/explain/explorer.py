@@ -14,6 +14,7 @@ import contextlib
 import html
 import io
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,32 +22,54 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlic.core import paths
 from mlic.data.table import LabelledImages
 from mlic.explain import models, scoring
-from mlic.runs import Run, is_run
+from mlic.runs import CHECKPOINTS_DIR, Run, is_run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Explorer", "MODES"]
+__all__ = ["Explorer", "MODES", "LABEL_AGNOSTIC_METHODS", "run_name"]
 
 MODES: tuple[str, ...] = ("browse", "worst false positives")
 """How the image list is made: every image of the split, or the images where a label is absent but scored highest."""
 
+LABEL_AGNOSTIC_METHODS: frozenset[str] = frozenset({"eigencam"})
+"""CAM methods whose map ignores the target label: pytorch-grad-cam's EigenCAM projects the activations on their
+first principal component (Muhammad & Yeasin 2020), so every label gets the same map."""
+
+_RUN_FOLDER = re.compile(r"seed\d+-[0-9a-f]+")
+"""The name `mlic.runs.run_dir` gives a run folder (``seed<seed>-<identity hash>``, under its variant's folder)."""
+
+
+def run_name(path: str | Path) -> str:
+    """A readable name of a run folder (or of a checkpoint in one): the folder's name, or ``<variant>/<folder>``
+    for a folder named by `mlic.runs.run_dir` (whose own name is only the seed and a hash)."""
+    folder = paths.resolve(path)
+    if folder.is_file():
+        folder = folder.parent.parent if folder.parent.name == CHECKPOINTS_DIR else folder.parent
+    return f"{folder.parent.name}/{folder.name}" if _RUN_FOLDER.fullmatch(folder.name) else folder.name
+
 
 def expand_runs(runs: Mapping[str, Any] | Sequence[str | Path] | str | Path) -> dict[str, Any]:
     """Runs by name: a mapping is kept (a value that is a folder of runs is expanded with `models.find_runs`; a list
-    value is a teacher family); a path or a list of paths is named by folder."""
+    value is a teacher family); a path or a list of paths is named by `run_name`. Relative paths resolve against
+    the lab's home (`mlic.core.paths`)."""
     if isinstance(runs, (str, Path)):
         runs = [runs]
-    items = list(runs.items()) if isinstance(runs, Mapping) else [(Path(p).name, p) for p in runs]
+    items = list(runs.items()) if isinstance(runs, Mapping) else [(run_name(p), p) for p in runs]
     out: dict[str, Any] = {}
     for name, value in items:
-        if isinstance(value, (list, tuple)) or Path(value).is_file() or is_run(value):
+        if isinstance(value, (list, tuple)):
+            out[str(name)] = [paths.resolve(p) for p in value]
+            continue
+        value = paths.resolve(value)
+        if value.is_file() or is_run(value):
             out[str(name)] = value
             continue
         found = models.find_runs(value)
         if not found:
-            raise FileNotFoundError(f"{value}: no run folder (with checkpoints) in it")
+            raise FileNotFoundError(f"{paths.where(value)}: no run folder (with checkpoints) in it")
         out.update({f"{name}/{key}" if len(items) > 1 else key: p for key, p in found.items()})
     if not out:
         raise ValueError("no runs to explore")
@@ -92,7 +115,8 @@ class Explorer:
         names = first.class_names
         self.run_pick = widgets.Dropdown(options=list(self.runs), description="run")
         self.split_pick = widgets.Dropdown(options=offered, value=offered[-1], description="split")
-        self.mode_pick = widgets.ToggleButtons(options=list(MODES), value=MODES[0], description="images")
+        self.mode_pick = widgets.ToggleButtons(options=list(MODES), value=MODES[0], description="images",
+                                               style={"button_width": "auto"})  # whole names, not "worst fal..."
         self.fp_label_pick = widgets.Dropdown(options=[(n, i) for i, n in enumerate(names)], value=0,
                                               description="of label")
         self.image_pick = widgets.Dropdown(options=[], description="image", layout=widgets.Layout(width="30em"))
@@ -203,10 +227,10 @@ class Explorer:
         if self.mode_pick.value == MODES[1]:
             c = int(self.fp_label_pick.value)
             rows = self.false_positives(c)
-            options = [(f"#{r} · {names[c]} {scores[r, c]:.2f} · truth: {self._truth_text(table, r)}", int(r))
-                       for r in rows]
+            options = [(f"image {table.image_ids[r]} · {names[c]} {scores[r, c]:.2f} · truth: "
+                        f"{self._truth_text(table, r)}", int(r)) for r in rows]
         else:
-            options = [(f"#{r} · {self._truth_text(table, r)}", r) for r in range(len(table))]
+            options = [(f"image {table.image_ids[r]} · {self._truth_text(table, r)}", r) for r in range(len(table))]
         self.image_pick.options = options
         self.image_pick.value = options[0][1] if options else None
         self._default_label()
@@ -337,7 +361,8 @@ class Explorer:
         return plots.explorer_view(image, cam, class_names=table.class_names, scores=scores[row],
                                    truth=table.labels[row], label=int(self.label_pick.value), boxes=self.boxes(),
                                    threshold=self.threshold, method=self.method_pick.value,
-                                   title=f"{name} · {split} · image {table.image_ids[row]} (row {row})")
+                                   label_agnostic=self.method_pick.value in LABEL_AGNOSTIC_METHODS,
+                                   title=f"{name} · {split} · image {table.image_ids[row]}")
 
     def method_figure(self, methods: Sequence[str]) -> Any:
         """The current image and label under several CAM methods (`mlic.plots.cam_methods`)."""

@@ -163,18 +163,38 @@ def cam_methods(image: np.ndarray, maps: dict[str, np.ndarray], *, boxes: np.nda
 
 def explorer_view(image: np.ndarray, cam: np.ndarray | None, *, class_names: Sequence[str], scores: np.ndarray,
                   truth: np.ndarray, label: int, boxes: np.ndarray | None = None, threshold: float = 0.5,
-                  method: str = "", title: str = "") -> Figure:
+                  method: str = "", label_agnostic: bool = False, title: str = "") -> Figure:
     """The explorer's picture of one image: the image with its boxes, the CAM of `label`, and every label's score
-    (bars; true labels dark, predictions above `threshold` marked ✓ right or ✗ false positive, missed ones ○)."""
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.9), gridspec_kw={"width_ratios": [1, 1, 1.35]})
+    (bars; true labels dark, predictions above `threshold` marked ✓ right or ✗ false positive, missed ones ○).
+
+    Args:
+        image: `[S, S, 3]` the shown image.
+        cam: `[S, S]` the map in [0, 1] (None: the image alone).
+        class_names: the labels.
+        scores: `[C]` every label's score.
+        truth: `[C]` the true labels.
+        label: the label whose CAM is shown (its tick is red and bold).
+        boxes: (class, x, y, w, h) in the shown image's pixels.
+        threshold: score above which a label counts as predicted.
+        method: the CAM method's name.
+        label_agnostic: the method draws the same map whatever the label (Eigen-CAM: the first principal component
+            of the activations), so the CAM is not titled as the label's.
+        title: the figure's title.
+    """
+    n = len(class_names)
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, max(3.9, 0.17 * n + 0.9)), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 1.35]})
     _overlay(axes[0], image, None)
     _draw_boxes(axes[0], boxes, label)
     truth_names = [class_names[c] for c in np.flatnonzero(truth)]
-    axes[0].set_title("truth: " + (", ".join(truth_names) or "(none)"), fontsize=8)
+    axes[0].set_title("truth: " + (", ".join(truth_names) or "(none)"), fontsize=9)
     _overlay(axes[1], image, cam)
     _draw_boxes(axes[1], boxes, label)
-    mark = "present" if truth[label] else "absent"
-    axes[1].set_title(f"{method} of {class_names[label]} ({mark}), score {scores[label]:.2f}", fontsize=8)
+    if label_agnostic:
+        axes[1].set_title(f"{method}: one map for every label (label-agnostic)", fontsize=9)
+    else:
+        mark = "present" if truth[label] else "absent"
+        axes[1].set_title(f"{method} of {class_names[label]} ({mark}), score {scores[label]:.2f}", fontsize=9)
     order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
     palette = sns.color_palette("deep")
     colours = [palette[0] if truth[c] else palette[7] for c in order]
@@ -186,15 +206,16 @@ def explorer_view(image: np.ndarray, cam: np.ndarray | None, *, class_names: Seq
         predicted = scores[c] >= threshold
         sign = "✓" if predicted and truth[c] else "✗" if predicted else "○" if truth[c] else ""
         ticks.append(f"{class_names[c]} {sign}".strip())
-    ax.set_yticks(np.arange(len(order)), ticks, fontsize=7)
+    ax.set_yticks(np.arange(len(order)), ticks)
+    ax.tick_params(axis="both", labelsize=8)  # the label names as large as the score ticks
     for tick, c in zip(ax.get_yticklabels(), order):
         if c == label:
             tick.set_color(TARGET_COLOUR)
             tick.set_fontweight("bold")
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="score")
-    ax.set_title("scores (dark: true labels)", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score", fontsize=9)
+    ax.set_title("scores (dark: true labels)", fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
     return fig

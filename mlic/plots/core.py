@@ -12,11 +12,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from mlic.core import paths
 from mlic.core.io import atomic_path
 from mlic.data.table import LabelledImages
 
 __all__ = [
-    "save", "label_frequencies", "labels_per_image", "sample_grid", "training_curves", "per_class_ap",
+    "save", "figure_path", "label_frequencies", "labels_per_image", "sample_grid", "training_curves", "per_class_ap",
     "precision_recall_curves", "split_comparison", "query_attention", "similarity_vs_cooccurrence",
     "head_comparison", "clustered_heatmap", "label_graph", "eigenvalue_spectrum", "partition_grid", "ari_per_k",
     "ablation_bars", "k_sweep", "label_gain", "training_cost", "aam_parts", "curves_by_run", "sweep_lines",
@@ -26,15 +27,21 @@ __all__ = [
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def save(fig: Figure, output_dir: str | Path, name: str, *, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write `fig` as `output_dir/figures/<name>.<fmt>` for each format; returns the paths."""
-    paths = []
+def save(fig: Figure, output_dir: str | Path, name: str, *, formats: Sequence[str] = ("png", "svg")) -> None:
+    """Write `fig` as `output_dir/figures/<name>.<fmt>` for each format (a relative `output_dir` resolves against
+    the lab's home, `mlic.core.paths`).
+
+    Returns nothing, so a notebook cell ending in `plots.save(...)` shows the figure and no list of paths; the files
+    are `figure_path(output_dir, name, fmt)`.
+    """
     for fmt in formats:
-        path = Path(output_dir) / "figures" / f"{name}.{fmt}"
-        with atomic_path(path) as tmp:
+        with atomic_path(figure_path(output_dir, name, fmt)) as tmp:
             fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    return paths
+
+
+def figure_path(output_dir: str | Path, name: str, fmt: str = "png") -> Path:
+    """Where `save` writes figure `name` in format `fmt`."""
+    return paths.resolve(output_dir) / "figures" / f"{name}.{fmt}"
 
 
 def label_frequencies(tables: dict[str, LabelledImages]) -> Figure:
@@ -63,27 +70,44 @@ def labels_per_image(tables: dict[str, LabelledImages]) -> Figure:
     return fig
 
 
+def _wrapped(prefix: str, items: Sequence[str], width: int) -> str:
+    """`prefix` and the comma-separated `items`, broken into lines of at most `width` characters."""
+    import textwrap
+
+    return textwrap.fill(prefix + (", ".join(items) or "–"), width=width, break_long_words=False)
+
+
 def sample_grid(table: LabelledImages, *, n: int = 16, columns: int = 8, seed: int = 0,
                 scores: np.ndarray | None = None, threshold: float = 0.5) -> Figure:
-    """A grid of images titled with their labels (and, given `scores`, the predicted labels: ✓ right, ✗ wrong)."""
+    """A grid of images titled with their labels (and, given `scores`, the predicted labels: ✓ right, ✗ wrong).
+
+    Titles are wrapped to the width of an image, and each row of images gets the height its longest title needs,
+    so no title runs into the row above.
+    """
     from mlic.data.dataset import read_image
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(table), size=min(n, len(table)), replace=False)
-    rows = int(np.ceil(len(picks) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False)
+    rows = max(int(np.ceil(len(picks) / columns)), 1)
+    titles = []
+    for i in picks:
+        truth = [table.class_names[c] for c in np.flatnonzero(table.labels[i])]
+        if scores is None:
+            titles.append(_wrapped("", truth, 30) if truth else "(none)")
+            continue
+        pred = np.flatnonzero(scores[i] >= threshold)
+        marks = [f"{table.class_names[c]}\u00a0{'✓' if table.labels[i, c] else '✗'}" for c in pred]  # no break
+        titles.append(_wrapped("truth: ", truth, 30) + "\n" + _wrapped("pred: ", marks, 30))
+    lines = [max([t.count("\n") + 1 for t in titles[r * columns:(r + 1) * columns]] or [1]) for r in range(rows)]
+    image_in, line_in = 1.7, 0.14  # inches: an image's side, a title line at 7 pt
+    heights = [image_in + line_in * count + 0.1 for count in lines]
+    fig, axes = plt.subplots(rows, columns, figsize=(1.85 * columns, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, picks):
+    for ax, i, title in zip(axes.flat, picks, titles):
         ax.imshow(read_image(str(table.paths[i])).permute(1, 2, 0).numpy())
-        truth = [table.class_names[c] for c in np.flatnonzero(table.labels[i])]
-        title = "\n".join(truth) if truth else "(none)"
-        if scores is not None:
-            pred = set(np.flatnonzero(scores[i] >= threshold))
-            marks = [f"{table.class_names[c]} {'✓' if table.labels[i, c] else '✗'}" for c in sorted(pred)]
-            title = "truth: " + ", ".join(truth) + "\npred: " + (", ".join(marks) or "–")
         ax.set_title(title, fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -139,13 +163,16 @@ def precision_recall_curves(scores: np.ndarray, targets: np.ndarray, class_names
 
 def split_comparison(metrics_by_split: dict[str, dict[str, float]],
                      keys: Sequence[str] = ("mAP", "CF1", "OF1")) -> Figure:
-    """Grouped bars of headline metrics per split — the drop from test to test_shift at a glance."""
+    """Grouped bars of headline metrics per split — the drop from test to test_shift at a glance; the legend sits
+    beside the axes, clear of the bars and their values."""
     data = pd.DataFrame([{"split": split, "metric": k, "value": m[k]} for split, m in metrics_by_split.items()
                          for k in keys if k in m])
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
     sns.barplot(data=data, x="metric", y="value", hue="split", ax=ax)
     for container in ax.containers:
-        ax.bar_label(container, fmt="%.1f", fontsize=7)
+        ax.bar_label(container, fmt="%.1f", fontsize=8)
+    ax.set_ylim(0, 1.1 * max(float(data["value"].max()), 1.0))
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title=None, frameon=False)
     ax.set(ylabel="%", xlabel="", title="Metrics per split")
     return fig
 
@@ -284,37 +311,56 @@ def clustered_heatmap(matrix: np.ndarray, class_names: Sequence[str], *, title: 
 
 def label_graph(P: np.ndarray, class_names: Sequence[str], assign: np.ndarray | None = None, *,
                 edges_per_label: int = 3, seed: int = 0, title: str = "Label co-occurrence graph") -> Figure:
-    """The label graph drawn with networkx: edge widths by affinity, nodes coloured by part.
+    """The label graph drawn with networkx: labels on a circle, each part on its own arc, edge widths by affinity.
 
-    Only each label's `edges_per_label` strongest edges are drawn (the full graph of CPSD affinities is complete);
-    the spring layout uses the affinities as weights, so strongly co-occurring labels sit together.
+    Only each label's `edges_per_label` strongest edges are drawn (the full graph of CPSD affinities is complete).
+    A circle grouped by part keeps every node and label readable however tight the parts are (a spring layout
+    piles the labels of a well-separated part onto one spot): edges inside a part are short chords along its arc,
+    edges between parts cross the middle. Labels sit outside the circle, one per node.
+
+    Args:
+        P: the `C×C` affinity (e.g. CPSD's co-occurrence affinity `P⁺`).
+        class_names: the labels.
+        assign: the part of each label (e.g. a CGP partition); labels are ordered by part along the circle.
+        edges_per_label: strongest edges drawn per label.
+        seed: unused: the circular layout is deterministic (kept so that calls written for the earlier spring
+            layout still run).
+        title: figure title.
     """
     import networkx as nx
 
     P = np.asarray(P, dtype=float)
     C = len(P)
+    parts = np.zeros(C, dtype=int) if assign is None else np.asarray(assign, dtype=int)
     graph = nx.Graph()
-    graph.add_nodes_from(range(C))
+    order = [int(i) for i in np.argsort(parts, kind="stable")]
+    graph.add_nodes_from(order)  # circular_layout places the nodes in insertion order: part by part
     for i in range(C):
         row = P[i].copy()
         row[i] = -np.inf
         for j in np.argsort(-row, kind="stable")[:edges_per_label]:
             if P[i, j] > 0:
                 graph.add_edge(i, int(j), weight=float(P[i, j]))
-    pos = nx.spring_layout(graph, weight="weight", seed=seed)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    pos = nx.circular_layout(graph)
+    fig, ax = plt.subplots(figsize=(7.5, 7.0), layout="constrained")
     weights = np.array([d["weight"] for _, _, d in graph.edges(data=True)])
-    widths = 0.5 + 5.0 * weights / weights.max() if len(weights) else []
-    nx.draw_networkx_edges(graph, pos, width=widths, alpha=0.45, edge_color="grey", ax=ax)
-    parts = np.zeros(C, dtype=int) if assign is None else np.asarray(assign, dtype=int)
+    widths = 0.5 + 4.5 * weights / weights.max() if len(weights) else []
+    nx.draw_networkx_edges(graph, pos, width=widths, alpha=0.5, edge_color="grey", ax=ax)
     palette = _part_colours(int(parts.max()) + 1)
-    nx.draw_networkx_nodes(graph, pos, node_color=[palette[p] for p in parts], node_size=520, ax=ax,
-                           edgecolors="white")
-    nx.draw_networkx_labels(graph, pos, labels={i: class_names[i] for i in range(C)}, font_size=7, ax=ax)
+    nx.draw_networkx_nodes(graph, pos, nodelist=order, node_color=[palette[parts[i]] for i in order],
+                           node_size=220, ax=ax, edgecolors="white")
+    for i in range(C):  # each label just outside its node, aligned away from the circle's centre
+        x, y = pos[i]
+        angle = np.degrees(np.arctan2(y, x))
+        ax.text(1.13 * x, 1.13 * y, class_names[i], fontsize=9, ha="left" if x >= 0 else "right", va="center",
+                rotation=angle if x >= 0 else angle - 180, rotation_mode="anchor")
     if assign is not None:
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[p], label=f"part {p}")
                    for p in range(len(palette))]
-        ax.legend(handles=handles, fontsize=7, loc="best", frameon=True)
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_xlim(-1.6, 1.6)
+    ax.set_ylim(-1.6, 1.6)
+    ax.set_aspect("equal")
     ax.set_title(title)
     ax.axis("off")
     return fig

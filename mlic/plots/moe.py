@@ -45,20 +45,21 @@ def moe_heads(table: pd.DataFrame, *, metric: str = "mAP", splits: Sequence[str]
 def gate_heatmaps(mean_gates: dict[str, np.ndarray], class_names: Sequence[str], slots: Sequence[str], *,
                   title: str = "Mean gate weight per label") -> Figure:
     """One label × slot heatmap per head (`mlic.studies.moe.mean_gates`), weights in [0, 1], annotated when small
-    enough."""
+    enough; the cells are sized so that the values are written at 8 pt, as large as the tick labels."""
     heads = list(mean_gates)
-    fig, axes = plt.subplots(1, len(heads), figsize=(1.2 + 0.75 * len(slots) * len(heads) + 1.6 * len(heads),
-                                                     0.8 + 0.26 * len(class_names)), squeeze=False)
-    annotate = len(class_names) * len(slots) <= 200
+    cell_w, cell_h = 0.75, 0.3  # inches: wide enough for "0.00" at 8 pt
+    width = len(heads) * (1.4 + cell_w * len(slots)) + 1.0
+    fig, axes = plt.subplots(1, len(heads), figsize=(width, 1.6 + cell_h * len(class_names)), squeeze=False,
+                             layout="constrained")
+    annotate = len(class_names) * len(slots) <= 400
     for ax, head in zip(axes[0], heads):
         sns.heatmap(np.asarray(mean_gates[head], dtype=float), ax=ax, vmin=0, vmax=1, cmap="mako_r",
-                    annot=annotate, fmt=".2f", annot_kws={"fontsize": 6}, xticklabels=list(slots),
+                    annot=annotate, fmt=".2f", annot_kws={"fontsize": 8}, xticklabels=list(slots),
                     yticklabels=list(class_names), cbar=ax is axes[0, -1], cbar_kws={"shrink": 0.6})
         ax.set_title(head)
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -68,7 +69,7 @@ def _context_colours(n: int) -> list[Any]:
 
 def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str], *,
                     context_names: Sequence[str] | None = None, label_name: str = "", head: str = "",
-                    max_images: int = 200, seed: int = 0) -> Figure:
+                    max_images: int = 200, seed: int = 0, subset: str = "") -> Figure:
     """One label's gate weights image by image, grouped and coloured by scene context, beside their mean per context.
 
     Args:
@@ -79,6 +80,7 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
         label_name, head: for the title.
         max_images: a random sample of at most this many images is drawn (left panel only).
         seed: the sample's seed.
+        subset: which images these are, for the title (e.g. "context street" when the caller kept one context).
     """
     gates, contexts = np.asarray(gates, dtype=float), np.asarray(contexts)
     count = int(contexts.max(initial=0)) + 1
@@ -115,7 +117,8 @@ def gates_per_image(gates: np.ndarray, contexts: np.ndarray, slots: Sequence[str
     ax_ctx.tick_params(axis="x", rotation=45, labelsize=7)
     ax_ctx.tick_params(axis="y", rotation=0, labelsize=8)
     ax_ctx.set_title("mean per context (images)", fontsize=9)
-    fig.suptitle(f"{head}: gates of '{label_name}' per image" if head else f"gates of '{label_name}' per image")
+    which = f" ({subset})" if subset else ""
+    fig.suptitle((f"{head}: " if head else "") + f"gates of '{label_name}' per image{which}")
     fig.tight_layout()
     return fig
 
@@ -125,24 +128,42 @@ def routing_vs_labels(frame: pd.DataFrame, *, y: str = "shared_share",
     """Per label, `y` (default: the share of routing to shared experts) against label statistics, one panel per
     column of `xs`, one colour per head, Spearman ρ per head in the legend (rows of
     `mlic.studies.moe.label_routing`); a head whose `y` is the same for every label (static gates' context
-    dependence) is drawn unlabelled, marked constant."""
+    dependence) is marked constant.
+
+    A label's points (one per head) are joined by a thin grey line and named once, beside its last head's point;
+    adjustText moves the names apart so that none overlaps another (with up to 40 labels; more are left unnamed), in
+    a fixed number of iterations rather than its default time limit, so the same data give the same figure.
+    """
+    from adjustText import adjust_text
+
     heads = list(dict.fromkeys(frame["head"]))
     colours = sns.color_palette("deep", len(heads))
-    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(xs), figsize=(5.6 * len(xs), 4.6), squeeze=False, layout="constrained")
     for ax, x in zip(axes[0], xs):
+        rows_of = {head: frame[frame["head"] == head].dropna(subset=[x, y]) for head in heads}
+        varying = [head for head in heads if rows_of[head][y].nunique() > 1]
         for colour, head in zip(colours, heads):
-            rows = frame[(frame["head"] == head)].dropna(subset=[x, y])
-            constant = rows[y].nunique() <= 1
-            rho = rows[x].rank().corr(rows[y].rank()) if len(rows) > 2 and not constant else float("nan")
-            label = f"{head} (constant)" if constant else f"{head} (ρ = {rho:.2f})"
-            ax.scatter(rows[x], rows[y], color=colour, s=22, alpha=0.8, label=label)
-            if annotate and len(rows) <= 40 and not constant:
-                for _, row in rows.iterrows():
-                    ax.annotate(str(row["label"]), (row[x], row[y]), fontsize=6, alpha=0.7, xytext=(2, 2),
-                                textcoords="offset points")
+            rows = rows_of[head]
+            rho = rows[x].rank().corr(rows[y].rank()) if len(rows) > 2 and head in varying else float("nan")
+            label = f"{head} (ρ = {rho:.2f})" if head in varying else f"{head} (constant)"
+            ax.scatter(rows[x], rows[y], color=colour, s=26, alpha=0.85, label=label, zorder=3)
+        points = pd.concat([rows_of[h] for h in varying]) if varying else frame.iloc[:0]
+        names = list(dict.fromkeys(points["label"])) if annotate else []
+        if len(names) > 40:
+            names = []
+        texts = []
+        for name in names:
+            mine = points[points["label"] == name]
+            if len(mine) > 1:
+                ax.plot(mine[x], mine[y], color="grey", linewidth=0.6, alpha=0.6, zorder=2)
+            last = mine.iloc[-1]
+            texts.append(ax.text(last[x], last[y], str(name), fontsize=8, zorder=4))
         ax.set(xlabel=x, ylabel=y.replace("_", " "), title=f"{y.replace('_', ' ')} vs {x}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.legend(fontsize=8, loc="best")
+        if texts:
+            fig.canvas.draw()  # adjustText reads the rendered text sizes
+            adjust_text(texts, ax=ax, x=points[x].to_numpy(), y=points[y].to_numpy(),
+                        arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5}, iter_lim=200)
     return fig
 
 
@@ -172,11 +193,14 @@ def gate_explorer(gates: dict[str, np.ndarray], contexts: np.ndarray, class_name
     """An ipywidgets panel: pick a head, a label and a context ("all" or one), see `gates_per_image` for it.
 
     Images are those holding the label when `targets` is given. Returns the widget (display it as a cell's last
-    value); it draws its first figure at once, so an executed notebook (papermill) keeps a static picture even
-    without a widget front end.
+    value). Each change draws the figure as a PNG into the `Output` widget's outputs (plain widget state, as the
+    explorer does: it renders in JupyterLab and can be read without a browser); the first figure is drawn at once,
+    so an executed notebook (papermill) keeps a static picture even without a widget front end.
     """
+    import base64
+    import io
+
     import ipywidgets as widgets
-    from IPython.display import display
 
     contexts = np.asarray(contexts)
     names = list(context_names) if context_names is not None else [str(c) for c in np.unique(contexts)]
@@ -193,11 +217,15 @@ def gate_explorer(gates: dict[str, np.ndarray], contexts: np.ndarray, class_name
         if ctx >= 0:
             keep &= contexts == ctx
         fig = gates_per_image(gates[head_pick.value][keep, c], contexts[keep], slots, context_names=names,
-                              label_name=class_names[c], head=head_pick.value, max_images=max_images)
-        with output:
-            output.clear_output(wait=True)
-            display(fig)
+                              label_name=class_names[c], head=head_pick.value, max_images=max_images,
+                              subset=f"context {context_pick.label}" if ctx >= 0 else "")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         plt.close(fig)
+        text = f"gates of {class_names[c]} ({head_pick.value}, context {context_pick.label})"
+        output.outputs = ({"output_type": "display_data", "metadata": {},
+                           "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                                    "text/plain": text}},)
 
     for pick in (head_pick, label_pick, context_pick):
         pick.observe(redraw, names="value")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 import mlic
 from mlic import metrics
@@ -421,7 +421,7 @@ class Trainer:
         model.eval()
         scores, targets, indices = [], [], []
         try:
-            for batch in batches.epoch(0):
+            for batch in tqdm(batches.epoch(0), total=len(batches), desc=split, leave=False, disable=not self.progress):
                 self.skipped.update(batch["skipped"])
                 if "target" not in batch:
                     continue

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from mlic import metrics
+from mlic.core import paths
 from mlic.core.config import RunConfig
 from mlic.data.sources import load_split
 from mlic.data.table import LabelledImages
@@ -155,7 +156,7 @@ class CPSDStudy:
 
     def __init__(self, base: RunConfig, root: str | Path, settings: CPSDSettings | None = None) -> None:
         self.base = base
-        self.root = Path(root)
+        self.root = paths.resolve(root)
         self.settings = settings or CPSDSettings()
         self._table: LabelledImages | None = None
         self._pool: ProcessPoolExecutor | None = None
