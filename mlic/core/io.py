@@ -131,14 +131,14 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
     """Append one JSON row to a `.jsonl` file (one line, flushed); a failed append leaves the file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, default=_json_default) + "\n").encode()
-    with open(path, "ab") as handle:
-        size = handle.tell()
+    line = memoryview((json.dumps(row, default=_json_default) + "\n").encode())
+    with open(path, "ab", buffering=0) as handle:  # unbuffered: nothing is left to flush after a failure
+        size = handle.seek(0, os.SEEK_END)
         try:
-            handle.write(line)
-            handle.flush()
+            while line:
+                line = line[handle.write(line):]
         except OSError as err:
-            handle.truncate(size)  # never half a row
+            os.ftruncate(handle.fileno(), size)  # never half a row
             if is_no_space(err):
                 raise disk_full_error(path) from err
             raise

@@ -165,6 +165,10 @@ def _id_array(values: list[Any], path: Path, field: str, section: str) -> np.nda
     """Ids as an int64 array, or as strings when a file uses string ids; a fractional number (`3.7`), a boolean, a
     null or any other value is a `DataFormatError` naming the entry (never truncated to an integer)."""
     array = np.asarray(values)
+    if array.dtype.kind in "biuf":  # numpy reads True among integers as 1: find booleans first
+        flag = next((i for i, v in enumerate(values) if v is True or v is False), None)
+        if flag is not None:
+            raise DataFormatError(path, field, f"{section}[{flag}] has {field} {values[flag]!r}, expected an integer")
     if array.dtype.kind in "iu":
         return array.astype(np.int64)
     if array.dtype.kind == "f":
