@@ -283,7 +283,7 @@ def _run_phase(phase: list[SuiteRun], execute: Callable[[SuiteRun], bool], worke
     """Execute `phase` in `workers` threads; on Ctrl-C stop the running notebooks, then raise KeyboardInterrupt.
 
     The main thread only waits, so that Ctrl-C reaches it at once; the notebooks' kernels run in their own process
-    sessions, out of reach of the terminal's signal, so they are interrupted here (`_interrupt_kernels`).
+    sessions, out of reach of the terminal's signal, so they are interrupted from here (`_stop_running`).
     """
     results: list[tuple[SuiteRun, bool]] = []
     if not phase:
@@ -529,8 +529,8 @@ def _run_section(suite_dir: Path, run_dir: Path) -> tuple[list[str], list[str]]:
     results_file = run_dir / RESULTS_FILE
     if status.get("status") != "ok":  # what is in the folder is an earlier execution's, not this one's
         if results_file.exists() or list((run_dir / "figures").glob("*.png")):
-            note = ("Its results and figures are not shown: those in its folder are an earlier execution's, not "
-                    "this one's.")
+            note = ("Its results and figures are not shown: this execution did not finish, so those in its folder "
+                    "are an earlier execution's (or incomplete).")
             md += [f"_{note}_", ""]
             body.append(f"<p><i>{html.escape(note)}</i></p>")
         return md, body

@@ -46,10 +46,10 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _copy_with_bad_images(root: Path, dest: Path, count: int, *, split: str = "train", how: str = "garbage",
-                          ) -> list[Path]:
-    """A copy of a Scenes dataset whose first `count` images of `split` are undecodable (or deleted)."""
+                          start: int = 0) -> list[Path]:
+    """A copy of a Scenes dataset whose images `start` to `start + count` of `split` are undecodable (or deleted)."""
     shutil.copytree(root, dest)
-    victims = sorted((dest / "images" / split).glob("*.png"))[:count]
+    victims = sorted((dest / "images" / split).glob("*.png"))[start:start + count]
     for path in victims:
         if how == "delete":
             path.unlink()
@@ -219,7 +219,7 @@ def test_frozen_backbone_raises_by_policy_and_leaves_no_partial_file(scenes_root
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("MLIC_CACHE", str(cache))
-    [victim] = _copy_with_bad_images(scenes_root, tmp_path / "data", 1)
+    [victim] = _copy_with_bad_images(scenes_root, tmp_path / "data", 1, start=40)  # after rows were written
     cfg = tiny_config(tmp_path / "data", tmp_path / "run", **{"model.freeze_backbone": True,
                                                              "data.bad_images": "raise"})
     with pytest.raises(BadImageError, match=victim.name):
@@ -556,7 +556,8 @@ _BAD_COMMANDS = {
     "scenes": ["scenes", "--out", "{tmp}/scenes", "--image-size", "0"],
     "train": ["train", "--config", "{tmp}/bad.yaml"],
     "train-option": ["train", "--data-root", "{scenes}", "--image-size", "32", "--backbone", "test_efficientnet",
-                     "--no-pretrained", "--no-progress", "--output-dir", "{tmp}/run", "--set", "loss.kwargs={{foo: 1}}"],
+                     "--no-pretrained", "--no-progress", "--output-dir", "{tmp}/run",
+                     "--set", "loss.kwargs={{foo: 1}}"],
     "eval": ["eval", "{tmp}/broken.pt"],
     "cpsd": ["cpsd", "--data-root", "{tmp}/nowhere", "--root", "{tmp}/cpsd"],
     "run": ["run", "{tmp}/bad_suite.yaml"],
@@ -585,3 +586,31 @@ def test_every_command_shows_one_line_errors_and_the_traceback_only_when_asked(c
         debug = subprocess.run([sys.executable, "-m", "mlic", *how, *args], env=env, capture_output=True, text=True,
                                timeout=300)
         assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+
+@pytest.mark.slow
+def test_concurrent_runs_sharing_a_cold_cache_all_succeed_and_agree(scenes_root: Path, tmp_path: Path) -> None:
+    """The small version of `benchmarks/load_shared_cache.py` (4 processes, 10 repeats there)."""
+    from benchmarks.load_shared_cache import load_test
+
+    report = load_test(scenes_root, tmp_path, processes=2, repeats=2)
+    assert report["failed_repeats"] == 0 and report["failed_runs"] == 0, report["problems"]
+
+
+@pytest.mark.slow
+def test_train_runs_in_parallel_workers_share_a_cold_cache(scenes_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up fills only the first run's entries; the other two runs need the same new entries (another image
+    size) and start at the same moment in two worker processes."""
+    from mlic.runs import train_runs
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLIC_CACHE", str(cache))
+    base = tiny_config(scenes_root, tmp_path / "a", **{"model.freeze_backbone": True, "runtime.threads": 1})
+    cfgs = [base, *(base.updated({"data.image_size": 40, "loss.name": loss, "output_dir": str(tmp_path / loss)})
+                    for loss in ("bce", "focal"))]
+    runs = train_runs(cfgs, workers=3)
+    assert all(run.is_finished(cfg) for run, cfg in zip(runs, cfgs))
+    entries = sorted(p.stem for p in (cache / "features").glob("*.npy"))
+    assert len(entries) == 8 and sorted(p.stem for p in (cache / "features").glob("*.json")) == entries
+    assert not _temporaries(cache)
