@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlic.runs import Run
+
 ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test", "test_shift")
 
@@ -54,7 +56,7 @@ def _problems(runs: list[Path], codes: list[int], logs: list[str], cache: Path) 
     if len(entries) != len(SPLITS) or sorted(p.stem for p in features.glob("*.json")) != entries:
         problems.append(f"cache holds {len(entries)} entries for {len(SPLITS)} splits: {entries}")
     problems += [f"temporary file left: {p}" for p in features.glob("*.tmp")]
-    problems += [f"lock left: {run / '.lock'}" for run in runs if (run / ".lock").exists()]
+    problems += [f"lock left: {Run(run).lock_file}" for run in runs if Run(run).lock_file.exists()]
     computed = sum(log.count("computing features") for log in logs)
     if computed != len(SPLITS):
         problems.append(f"features computed {computed} times for {len(SPLITS)} entries (each must be computed once)")
