@@ -432,16 +432,22 @@ def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name
 _UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress", "suite_dir"}
 
 
-def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame:
+def collect(suite_dir: str | Path, *, prefix: str | None = None, running: bool = False) -> pd.DataFrame:
     """One row per run (optionally only runs whose name starts with `prefix`): status, seconds, the notebook's
     parameters as `param/<name>`, the seed, the recorded headline metrics as `<split>/<metric>` and every
-    method's as `<method>:<split>/<metric>` (a failed run's stale results are not read)."""
+    method's as `<method>:<split>/<metric>` (a run's results are read only if its last execution succeeded).
+
+    Runs still executing (status `running`: a summarising notebook itself, or runs a killed runner left) are left
+    out unless `running`; the index lists them.
+    """
     rows = []
     for status_file in sorted(Path(suite_dir).glob(f"*/{STATUS_FILE}")):
         run_dir = status_file.parent
         if prefix is not None and not run_dir.name.startswith(prefix):
             continue
         status = json.loads(status_file.read_text())
+        if status.get("status") == "running" and not running:
+            continue
         row: dict[str, Any] = {"run": run_dir.name, "notebook": status.get("notebook"),
                                "status": status.get("status"), "seconds": status.get("seconds")}
         row.update({f"param/{k}": v for k, v in (status.get("parameters") or {}).items()
@@ -479,7 +485,7 @@ def write_index(suite_dir: str | Path, *, wall_seconds: float | None = None) -> 
     `timings.json` lists each run's seconds, their sum, and (from `run_suite`) the wall time of the last call.
     """
     suite_dir = Path(suite_dir)
-    summary = collect(suite_dir)
+    summary = collect(suite_dir, running=True)
     md = [f"# Report: {suite_dir.name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     body = [f"<h1>Report: {html.escape(suite_dir.name)}</h1>"]
     failures = summary[summary["status"] != "ok"] if not summary.empty else summary

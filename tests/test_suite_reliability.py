@@ -158,3 +158,17 @@ def test_ctrl_c_stops_the_running_notebook_and_writes_the_index_of_what_finished
     text = index.read_text()
     assert "| fast | fast.ipynb | ok |" in text and "11.00" in text
     assert "| slow | slow.ipynb | interrupted |" in text and "interrupted (Ctrl-C)" in text
+
+
+def test_a_summary_does_not_see_itself_while_it_runs_but_the_index_lists_a_run_left_running(tmp_path: Path) -> None:
+    from mlic.report import collect, write_index
+
+    suite = tmp_path / "s"
+    for name, status in (("grid__a-1", "ok"), ("grid_summary", "running")):
+        (suite / name).mkdir(parents=True)
+        (suite / name / "status.json").write_text(json.dumps({"notebook": f"{name}.ipynb", "status": status,
+                                                              "parameters": {"a": 1}, "seconds": 1.0}))
+    assert list(collect(suite, prefix="grid")["run"]) == ["grid__a-1"]
+    assert list(collect(suite, running=True)["run"]) == ["grid__a-1", "grid_summary"]
+    index = write_index(suite).read_text()
+    assert "| grid_summary | grid_summary.ipynb | running |" in index
