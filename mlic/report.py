@@ -4,8 +4,15 @@
   tables as CSV, which the report collects.
 - `run_suite(suite_file)`: executes every notebook entry of a suite YAML (each grid point is one run, in its own
   folder), records failures with the failing cell and goes on, skips runs that already succeeded unless `force`.
+  Ctrl-C stops the notebooks that are running (their kernels are interrupted) and still writes the index of what
+  finished.
 - `write_index(suite_dir)`: `index.md` and `index.html` with every figure, the collected tables, links to the
-  executed notebooks, versions and seeds, timings and the failures.
+  executed notebooks, versions and seeds, timings and the failures. Only a run whose last execution succeeded shows
+  results and figures: those a failed, interrupted or running execution left behind are an earlier run's.
+
+Every parameter an entry sets (its `parameters` and `grid`) must be one its notebook declares, or the suite fails
+before anything runs, naming the entry and the parameter. The suite's `defaults` and the `--set` overrides go to
+each notebook that declares them, and must be declared by at least one.
 
 Suite YAML::
 
@@ -27,19 +34,24 @@ import importlib.metadata
 import itertools
 import json
 import logging
+import os
 import platform
 import re
+import signal
+import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from tqdm import tqdm
 
 from mlic.core import paths
-from mlic.core.io import atomic_write_json, atomic_write_text
+from mlic.core.errors import ConfigError
+from mlic.core.io import atomic_write_json, atomic_write_text, read_yaml
 from mlic.runs import metric_columns
 
 log = logging.getLogger(__name__)
@@ -110,38 +122,89 @@ def _check_metrics(metrics: Any, where: str) -> dict[str, dict[str, float]]:
 
 @dataclass
 class SuiteRun:
-    """One notebook execution of a suite: which notebook, under which name, with which parameters."""
+    """One notebook execution of a suite: which notebook, under which name, with which parameters.
+
+    `parameters` are the ones its entry sets (with its grid point); `defaults` the suite's shared ones, given to the
+    notebook where it declares them; `entry` is the entry's name (runs of a grid share it).
+    """
 
     notebook: str
     name: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    entry: str = ""
 
 
 def load_suite(path: str | Path) -> tuple[str, list[SuiteRun]]:
-    """Parse a suite YAML into its name and its list of runs (grids expanded)."""
+    """Parse a suite YAML into its name and its list of runs (grids expanded); errors name the file."""
     path = Path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or "entries" not in spec:
-        raise ValueError(f"{path}: a suite needs a mapping with an 'entries' list")
+    spec = read_yaml(path) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("entries"), list):
+        raise ConfigError(f"{path}: a suite needs a mapping with an 'entries' list")
     defaults = spec.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping of parameters, got {defaults!r}")
     runs: list[SuiteRun] = []
     for i, entry in enumerate(spec["entries"]):
-        if "notebook" not in entry:
-            raise ValueError(f"{path}: entries[{i}] has no 'notebook'")
+        if not isinstance(entry, dict) or "notebook" not in entry:
+            raise ConfigError(f"{path}: entries[{i}] has no 'notebook'")
         base = Path(entry["notebook"]).stem
-        name = entry.get("name", base)
-        params = {**defaults, **(entry.get("parameters") or {})}
+        name = str(entry.get("name", base))
+        params = entry.get("parameters") or {}
         grid = entry.get("grid") or {}
+        if not isinstance(params, dict) or not isinstance(grid, dict):
+            raise ConfigError(f"{path}: entry {name!r}: 'parameters' and 'grid' must be mappings")
+        bad_axis = next((k for k, v in grid.items() if not isinstance(v, list)), None)
+        if bad_axis is not None:
+            raise ConfigError(f"{path}: entry {name!r}: grid {bad_axis!r} must be a list of values")
         keys = sorted(grid)
         for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
             point = dict(zip(keys, combo))
             suffix = "".join(f"__{k}-{_slug(v)}" for k, v in point.items())
-            runs.append(SuiteRun(entry["notebook"], f"{name}{suffix}", {**params, **point}))
+            runs.append(SuiteRun(entry["notebook"], f"{name}{suffix}", {**params, **point}, dict(defaults), name))
     names = [r.name for r in runs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValueError(f"{path}: run names repeat: {duplicated}; give entries distinct 'name's")
+        raise ConfigError(f"{path}: run names repeat: {duplicated}; give entries distinct 'name's")
     return spec.get("name", path.stem), runs
+
+
+def check_parameters(suite_file: str | Path, runs: list[SuiteRun], notebooks: Path, *,
+                     overrides: dict[str, Any] | None = None, all_runs: list[SuiteRun] | None = None) -> None:
+    """Refuse a suite whose entries set parameters their notebooks do not declare (papermill would only warn, and
+    the value would be ignored), and defaults or overrides that no notebook declares.
+
+    Args:
+        suite_file: the suite, for messages.
+        runs: the runs about to execute (the overrides must be declared by one of them).
+        notebooks: the notebooks' folder.
+        overrides: `--set` parameters for every notebook.
+        all_runs: every run of the suite (the defaults must be declared by one of them); default `runs`.
+
+    Raises:
+        ConfigError: naming the entry (or the defaults, or the override) and the parameter.
+    """
+    declared_by: dict[str, frozenset[str]] = {}
+    for run in all_runs or runs:
+        found = _declared_parameters(notebooks / run.notebook)
+        if found is None:  # a missing notebook fails when its run starts, with the others still running
+            continue
+        declared_by[run.name] = found
+        undeclared = sorted(set(run.parameters) - found - _INJECTED)
+        if undeclared:
+            raise ConfigError(f"{suite_file}: entry {run.entry or run.name!r} sets {', '.join(map(repr, undeclared))}, "
+                              f"which {run.notebook} does not declare (it declares: {', '.join(sorted(found))})")
+    everything = frozenset().union(*declared_by.values()) if declared_by else frozenset()
+    defaults = (all_runs or runs)[0].defaults if (all_runs or runs) else {}
+    unused = sorted(set(defaults) - everything - _INJECTED) if declared_by else []
+    if unused:
+        raise ConfigError(f"{suite_file}: defaults set {', '.join(map(repr, unused))}, which none of the suite's "
+                          "notebooks declares")
+    running = frozenset().union(*(declared_by.get(r.name, frozenset()) for r in runs))
+    unused = sorted(set(overrides or {}) - running - _INJECTED) if running else []
+    if unused:
+        raise ConfigError(f"--set {', '.join(unused)}: none of the notebooks to run declares "
+                          f"{'it' if len(unused) == 1 else 'them'}")
 
 
 def _slug(value: Any) -> str:
@@ -167,13 +230,18 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     A failing notebook is recorded (failing cell, error) and the others still run; a run whose `status.json` says
     it succeeded is skipped unless `force`. With `workers > 1` that many notebooks run at once (each in its own
     kernel); notebooks that summarise the suite (a `suite_dir` parameter) run after all the others.
+
+    Raises:
+        ConfigError: an entry sets a parameter its notebook does not declare (see `check_parameters`).
+        KeyboardInterrupt: after Ctrl-C, once the running notebooks are stopped (status `interrupted`) and the
+            index of what finished is written.
     """
 
     suite_file = Path(suite_file)
-    name, runs = load_suite(suite_file)
-    if only:
-        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
+    name, all_runs = load_suite(suite_file)
+    runs = [r for r in all_runs if any(r.name.startswith(o) for o in only)] if only else all_runs
     notebooks = Path(notebooks_dir) if notebooks_dir else suite_file.parent.parent
+    check_parameters(suite_file, runs, notebooks, overrides=overrides, all_runs=all_runs)
     suite_dir = Path(reports_dir) / name
     suite_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -187,14 +255,19 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
             todo.append(run)
     summaries = [r for r in todo if _summarises_suite(notebooks / r.notebook)]
     phases = [[r for r in todo if r not in summaries], summaries]
+    stop = threading.Event()
     execute = functools.partial(_execute_run, suite_dir=suite_dir, notebooks=notebooks, kernel_name=kernel_name,
-                                overrides=overrides or {})
-    with tqdm(total=len(todo), desc=f"suite {name}", disable=not progress) as bar:
-        for phase in phases:
-            with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-                for run, ok in zip(phase, pool.map(execute, phase)):
+                                overrides=overrides or {}, stop=stop)
+    try:
+        with tqdm(total=len(todo), desc=f"suite {name}", disable=not progress) as bar:
+            for phase in phases:
+                for run, ok in _run_phase(phase, execute, workers, stop):
                     (done if ok else failed).append(run.name)
                     bar.update()
+    except KeyboardInterrupt:
+        index = write_index(suite_dir, wall_seconds=time.perf_counter() - started)
+        log.warning("interrupted: the running notebooks were stopped; the index of what finished is %s", index)
+        raise KeyboardInterrupt(f"the notebooks were stopped; the index of what finished is {index}") from None
     order = {r.name: i for i, r in enumerate(runs)}
     done.sort(key=order.get)
     failed.sort(key=order.get)
@@ -202,13 +275,106 @@ def run_suite(suite_file: str | Path, *, reports_dir: str | Path = "reports", no
     return SuiteResult(suite_dir, done, failed, skipped)
 
 
-def _summarises_suite(notebook: Path) -> bool:
-    """Whether a notebook declares a `suite_dir` parameter (it reads the suite's other runs)."""
-    return notebook.exists() and _declares_suite_dir(str(notebook), notebook.stat().st_mtime_ns)
+#: how long interrupted notebooks get to stop before their kernels are killed
+INTERRUPT_GRACE_SECONDS = 30.0
+
+
+def _run_phase(phase: list[SuiteRun], execute: Callable[[SuiteRun], bool], workers: int,
+               stop: threading.Event) -> list[tuple[SuiteRun, bool]]:
+    """Execute `phase` in `workers` threads; on Ctrl-C stop the running notebooks, then raise KeyboardInterrupt.
+
+    The main thread only waits, so that Ctrl-C reaches it at once; the notebooks' kernels run in their own process
+    sessions, out of reach of the terminal's signal, so they are interrupted from here (`_stop_running`).
+    """
+    results: list[tuple[SuiteRun, bool]] = []
+    if not phase:
+        return results
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+    futures = {pool.submit(execute, run): run for run in phase}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, timeout=0.5,
+                                                        return_when=concurrent.futures.FIRST_COMPLETED)
+            results += [(futures[f], f.result()) for f in finished]
+    except KeyboardInterrupt:
+        stop.set()
+        for future in pending:
+            future.cancel()  # not started yet: never starts
+        _stop_running(pending)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    order = {id(r): i for i, r in enumerate(phase)}
+    return sorted(results, key=lambda item: order[id(item[0])])
+
+
+def _stop_running(pending: set[concurrent.futures.Future]) -> None:
+    """Interrupt every kernel until the running notebooks have ended; kill the kernels after the grace period or
+    at a second Ctrl-C."""
+    deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+    while True:
+        try:
+            _signal_kernels(signal.SIGINT)
+            _, pending = concurrent.futures.wait(pending, timeout=2.0)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                break
+        except KeyboardInterrupt:
+            break
+    log.warning("killing the kernels of %d notebook(s) that did not stop", len(pending))
+    _signal_kernels(signal.SIGKILL)
+    concurrent.futures.wait(pending, timeout=INTERRUPT_GRACE_SECONDS)
+
+
+_KERNELS: weakref.WeakSet[Any] = weakref.WeakSet()
+_KERNELS_GUARD = threading.Lock()
 
 
 @functools.cache
-def _declares_suite_dir(notebook: str, _mtime_ns: int) -> bool:
+def _tracked_kernel_manager() -> type:
+    """nbclient's kernel manager, registering each kernel it starts so that Ctrl-C can interrupt it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kw: Any) -> None:
+            await super()._async_post_start_kernel(**kw)
+            with _KERNELS_GUARD:
+                _KERNELS.add(self)
+
+    return TrackedKernelManager
+
+
+def _signal_kernels(signum: int) -> None:
+    """Send `signum` to the process group of every live kernel this process started."""
+    with _KERNELS_GUARD:
+        kernels = list(_KERNELS)
+    for km in kernels:
+        provisioner = getattr(km, "provisioner", None)
+        process = getattr(provisioner, "process", None)
+        if process is None or process.poll() is not None:  # ended: its group id may belong to another process now
+            continue
+        try:
+            os.killpg(getattr(provisioner, "pgid", None) or process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _summarises_suite(notebook: Path) -> bool:
+    """Whether a notebook declares a `suite_dir` parameter (it reads the suite's other runs)."""
+    return "suite_dir" in (_declared_parameters(notebook) or ())
+
+
+def _declared_parameters(notebook: Path) -> frozenset[str] | None:
+    """The parameters a notebook declares (None if it does not exist)."""
+    if not notebook.exists():
+        return None
+    return _inspect(str(notebook), notebook.stat().st_mtime_ns)
+
+
+@functools.cache
+def _inspect(notebook: str, _mtime_ns: int) -> frozenset[str]:
     """Cached per file version: papermill's inspection logs a line and parses the notebook each time."""
     import papermill as pm
 
@@ -216,27 +382,41 @@ def _declares_suite_dir(notebook: str, _mtime_ns: int) -> bool:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        return "suite_dir" in pm.inspect_notebook(notebook)
+        return frozenset(pm.inspect_notebook(notebook))
     finally:
         quiet.setLevel(level)
 
 
+#: parameters the runner sets itself
+_INJECTED = frozenset({"output_dir", "suite_dir"})
+
+
 def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name: str,
-                 overrides: dict[str, Any]) -> bool:
-    """Execute one run's notebook into its folder and write its `status.json`; True when it succeeded."""
+                 overrides: dict[str, Any], stop: threading.Event | None = None) -> bool:
+    """Execute one run's notebook into its folder and write its `status.json`; True when it succeeded.
+
+    The status is `running` while the notebook runs, then `ok`, `failed` or `interrupted` (Ctrl-C, `stop` set).
+    """
     import papermill as pm
 
     run_dir = suite_dir / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = {**run.parameters, **overrides, "output_dir": str(run_dir.resolve())}
     source = notebooks / run.notebook
-    if _summarises_suite(source):
+    declared = _declared_parameters(source) or frozenset()
+    params = {**{k: v for k, v in run.defaults.items() if k in declared}, **run.parameters,
+              **{k: v for k, v in overrides.items() if k in declared}, "output_dir": str(run_dir.resolve())}
+    if "suite_dir" in declared:
         params["suite_dir"] = str(suite_dir.resolve())  # notebooks that summarise the suite's other runs
+    if "progress" in declared:
+        params.setdefault("progress", False)  # a batch run's log is no place for progress bars
     started = time.perf_counter()
     status: dict[str, Any] = {"notebook": run.notebook, "parameters": params}
+    atomic_write_json(run_dir / STATUS_FILE, {**status, "status": "running", "cell": None, "error": None,
+                                              "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     try:
         pm.execute_notebook(str(source), str(run_dir / Path(run.notebook).name), parameters=params,
-                            kernel_name=kernel_name, cwd=str(Path.cwd()), progress_bar=False)
+                            kernel_name=kernel_name, cwd=str(Path.cwd()), progress_bar=False,
+                            kernel_manager_class=_tracked_kernel_manager())
         status["status"] = "ok"
     except pm.PapermillExecutionError as err:
         status.update(status="failed", error=f"{err.ename}: {err.evalue}", cell=err.exec_count,
@@ -245,6 +425,8 @@ def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name
     except Exception as err:  # a notebook that cannot start (bad JSON, missing kernel) must not stop the suite
         status.update(status="failed", error=f"{type(err).__name__}: {err}", cell=None, source="")
         log.error("%s could not run: %s", run.name, err)
+    if stop is not None and stop.is_set() and status["status"] != "ok":
+        status.update(status="interrupted", error=f"interrupted (Ctrl-C) — {status['error']}")
     status["seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_json(run_dir / STATUS_FILE, status)
     return status["status"] == "ok"
@@ -253,16 +435,22 @@ def _execute_run(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name
 _UNLISTED_PARAMETERS = {"output_dir", "data_root", "device", "progress", "suite_dir"}
 
 
-def collect(suite_dir: str | Path, *, prefix: str | None = None) -> pd.DataFrame:
+def collect(suite_dir: str | Path, *, prefix: str | None = None, running: bool = False) -> pd.DataFrame:
     """One row per run (optionally only runs whose name starts with `prefix`): status, seconds, the notebook's
     parameters as `param/<name>`, the seed, the recorded headline metrics as `<split>/<metric>` and every
-    method's as `<method>:<split>/<metric>` (a failed run's stale results are not read)."""
+    method's as `<method>:<split>/<metric>` (a run's results are read only if its last execution succeeded).
+
+    Runs still executing (status `running`: a summarising notebook itself, or runs a killed runner left) are left
+    out unless `running`; the index lists them.
+    """
     rows = []
     for status_file in sorted(paths.resolve(suite_dir).glob(f"*/{STATUS_FILE}")):
         run_dir = status_file.parent
         if prefix is not None and not run_dir.name.startswith(prefix):
             continue
         status = json.loads(status_file.read_text())
+        if status.get("status") == "running" and not running:
+            continue
         row: dict[str, Any] = {"run": run_dir.name, "notebook": status.get("notebook"),
                                "status": status.get("status"), "seconds": status.get("seconds")}
         row.update({f"param/{k}": v for k, v in (status.get("parameters") or {}).items()
@@ -300,7 +488,7 @@ def write_index(suite_dir: str | Path, *, wall_seconds: float | None = None) -> 
     `timings.json` lists each run's seconds, their sum, and (from `run_suite`) the wall time of the last call.
     """
     suite_dir = Path(suite_dir)
-    summary = collect(suite_dir)
+    summary = collect(suite_dir, running=True)
     md = [f"# Report: {suite_dir.name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     body = [f"<h1>Report: {html.escape(suite_dir.name)}</h1>"]
     failures = summary[summary["status"] != "ok"] if not summary.empty else summary
@@ -348,6 +536,13 @@ def _run_section(suite_dir: Path, run_dir: Path) -> tuple[list[str], list[str]]:
             f"<p>Notebook: <a href='{nb}'>{nb}</a> — status <b>{status.get('status')}</b>, "
             f"{status.get('seconds', 0):.0f} s.</p>"]
     results_file = run_dir / RESULTS_FILE
+    if status.get("status") != "ok":  # what is in the folder is an earlier execution's, not this one's
+        if results_file.exists() or list((run_dir / "figures").glob("*.png")):
+            note = ("Its results and figures are not shown: this execution did not finish, so those in its folder "
+                    "are an earlier execution's (or incomplete).")
+            md += [f"_{note}_", ""]
+            body.append(f"<p><i>{html.escape(note)}</i></p>")
+        return md, body
     if results_file.exists():
         results = json.loads(results_file.read_text())
         vers = ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())

@@ -8,6 +8,7 @@ A run folder (`Run`) holds::
     predictions/<split>.npz  scores, targets, image ids, class names (and heads' recorded outputs, `aux_<key>`)
     checkpoints/best.pt      the reported weights; checkpoints/last.pt: everything needed to resume
     thresholds.json          per-class thresholds, when the run tuned them
+    .lock                    while a process trains into the folder: its pid, host and start time (`Run.lock`)
 
 Results have one schema everywhere: a run's metrics flatten to columns ``<split>/<metric>`` (``test/mAP``,
 ``test_shift/CF1``), see `metric_columns`. `run_grid(base, variants, seeds)` trains one run per variant and seed
@@ -38,6 +39,7 @@ import pandas as pd
 from mlic.core import paths
 from mlic.core.config import RunConfig
 from mlic.core.io import load_checkpoint, read_jsonl
+from mlic.core.locks import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ THRESHOLDS_FILE = "thresholds.json"
 PREDICTIONS_DIR = "predictions"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINTS = ("best", "last")
+LOCK_FILE = ".lock"
 
 
 class Run:
@@ -85,6 +88,16 @@ class Run:
     @property
     def thresholds_file(self) -> Path:
         return self.path / THRESHOLDS_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        """Present while a process owns the folder; names that process (see `lock`)."""
+        return self.path / LOCK_FILE
+
+    def lock(self) -> FolderLock:
+        """The folder's ownership by this process, as a context manager: a second process writing the same folder
+        fails at once with `FolderInUseError` naming the owner; a lock left by a dead process is taken over."""
+        return FolderLock(self.path, self.lock_file)
 
     def predictions_file(self, split: str) -> Path:
         """Where the scores of `split` are saved."""

@@ -247,9 +247,10 @@ def lab(scenes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("lab")
     out = root / "runs"
     common = {**TINY_MODEL, "data_root": str(scenes_root), "epochs": 1}
+    cut = {"train_from": "blocks.4"}  # the studies' regime, on the tiny backbone's last block
     prepare("10_explorer.ipynb", root / "notebooks", {**common, "max_images": 8, "figure_images": 1,
                                                        "output_dir": str(out / "explorer")})
-    prepare("05_moe.ipynb", root / "notebooks", {**common, "seeds": [0], "heads": ["moe_static", "moe_dynamic"],
+    prepare("05_moe.ipynb", root / "notebooks", {**common, **cut, "seeds": [0], "heads": ["moe_static", "moe_dynamic"],
                                                   "hidden_dim": 16, "dim_feedforward": 32, "expert_hidden": 16,
                                                   "shown_images": 30, "output_dir": str(out / "moe")})
     with jupyter_lab(root / "notebooks", root) as url, chromium(root / "chromium-profile") as driver:

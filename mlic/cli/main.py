@@ -18,9 +18,9 @@ from mlic.core.errors import MlicError
 
 COMMANDS = (scenes, train, evaluate, predict, export, import_checkpoint, cpsd, run, report)
 
-#: errors that are the user's input, not a bug: shown as one line unless --debug
-USER_ERRORS: tuple[type[BaseException], ...] = (MlicError, ValueError, FileNotFoundError, FileExistsError,
-                                                PermissionError, KeyError)
+#: errors that are the user's input or the machine's state (a missing file, a full disk), not a bug: shown as one
+#: line unless --debug
+USER_ERRORS: tuple[type[BaseException], ...] = (MlicError, ValueError, OSError, KeyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if not debug:
             print("mlic: (run with --debug or MLIC_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mlic: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        if debug:
+            traceback.print_exc()
+        print(f"mlic: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
         return 130
 
 

@@ -36,5 +36,25 @@ class TrainingDivergedError(MlicError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class CheckpointError(MlicError, RuntimeError):
+    """A checkpoint file cannot be loaded (corrupt, truncated, or not a checkpoint)."""
+
+
 class WeightsUnavailableError(MlicError, RuntimeError):
     """Pretrained weights could not be obtained (offline, or no offline copy for this model)."""
+
+
+class TooManyBadImagesError(BadImageError):
+    """A split had no readable image, or more unreadable ones than `data.max_bad_fraction` allows."""
+
+
+class FolderInUseError(MlicError, RuntimeError):
+    """A run folder (or another owned folder) is held by a live process; the message names it."""
+
+
+class DiskFullError(MlicError, OSError):
+    """No space was left on the device while writing `path`; the partial file was removed."""
+
+    def __init__(self, path: str | Path, detail: str = "") -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: no space left on device{detail}")

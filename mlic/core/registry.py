@@ -6,8 +6,11 @@ chosen by name through a `Registry` rather than by if-chains spread across modul
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from mlic.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -40,12 +43,26 @@ class Registry(Generic[T]):
     def create(self, name: str | Any, **kwargs: Any) -> T:
         """Build the component `name` with `kwargs`; `None` values mean "the component's default" and are dropped.
 
+        Options the factory does not take are a `ConfigError` naming the component and its options.
+
         An object that is already built (not a string) is passed through unchanged, like timm's `get_act_layer`.
         """
         if not isinstance(name, str):
             return name
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return self.get(name)(**kwargs)
+        factory = self.get(name)
+        try:  # a wrong option is the config's fault: say which, without calling (a TypeError inside is a bug)
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as err:
+                raise ConfigError(f"{self.kind} {name!r}: {err} (its options: "
+                                  f"{', '.join(p for p in signature.parameters if p not in ('self', 'args', 'kwargs'))}"
+                                  ")") from None
+        return factory(**kwargs)
 
     def list(self) -> list[str]:
         """Sorted registered names."""

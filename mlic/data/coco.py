@@ -161,12 +161,27 @@ def _entry_error(path: Path, section: str, entries: list[Any], fields: tuple[str
     return DataFormatError(path, section, "malformed entry")
 
 
-def _id_array(values: list[Any]) -> np.ndarray:
-    """Ids as an int64 array, or as strings when a file uses non-integer ids."""
-    try:
-        return np.asarray(values, dtype=np.int64)
-    except (ValueError, TypeError, OverflowError):
-        return np.asarray([str(v) for v in values])
+def _id_array(values: list[Any], path: Path, field: str, section: str) -> np.ndarray:
+    """Ids as an int64 array, or as strings when a file uses string ids; a fractional number (`3.7`), a boolean, a
+    null or any other value is a `DataFormatError` naming the entry (never truncated to an integer)."""
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":  # numpy reads True among integers as 1: find booleans first
+        flag = next((i for i, v in enumerate(values) if v is True or v is False), None)
+        if flag is not None:
+            raise DataFormatError(path, field, f"{section}[{flag}] has {field} {values[flag]!r}, expected an integer")
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if not bad.any():
+            return array.astype(np.int64)  # 3.0 is the integer 3
+        i = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(path, field, f"{section}[{i}] has {field} {values[i]!r}, expected an integer")
+    for i, value in enumerate(values):  # strings, or a mix (the slow path)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise DataFormatError(path, field, f"{section}[{i}] has {field} {value!r}, expected an integer or a "
+                                               "string")
+    return np.asarray([str(v) for v in values])
 
 
 def _common_dtype(ids: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,10 +194,11 @@ def _common_dtype(ids: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.nda
 def _categories(cats: list[Any], path: Path, class_order: ClassOrder) -> tuple[np.ndarray, list[str]]:
     """Category ids in column order and the matching class names."""
     try:
-        ids = _id_array([cat["id"] for cat in cats])
+        raw_ids = [cat["id"] for cat in cats]
         names = [str(cat["name"]) for cat in cats]
     except (KeyError, TypeError):
         raise _entry_error(path, "categories", cats, ("id", "name")) from None
+    ids = _id_array(raw_ids, path, "id", "categories")
     if not names:
         raise DataFormatError(path, "categories", "no categories")
     _check_unique(ids, path, "category")
@@ -192,10 +208,15 @@ def _categories(cats: list[Any], path: Path, class_order: ClassOrder) -> tuple[n
 
 def _images(images: list[Any], path: Path) -> tuple[np.ndarray, list[str]]:
     try:
-        ids = _id_array([im["id"] for im in images])
+        raw_ids = [im["id"] for im in images]
         files = [im["file_name"] for im in images]
     except (KeyError, TypeError):
         raise _entry_error(path, "images", images, ("id", "file_name")) from None
+    ids = _id_array(raw_ids, path, "id", "images")
+    bad = next((i for i, name in enumerate(files) if type(name) is not str or not name), None)
+    if bad is not None:
+        raise DataFormatError(path, "file_name", f"images[{bad}] (id {raw_ids[bad]!r}) has file_name "
+                                                 f"{files[bad]!r}, expected a non-empty path")
     _check_unique(ids, path, "image")
     return ids, files
 
@@ -232,7 +253,8 @@ def _annotations(anns: list[Any], path: Path) -> tuple[np.ndarray, np.ndarray, n
     elif has_box.any():
         bad = int(np.flatnonzero(~has_box)[0])
         raise DataFormatError(path, "bbox", f"annotations[{bad}] has no 'bbox' while other annotations do")
-    return _id_array(img), _id_array(cat), boxes, np.asarray(crowd, dtype=bool)
+    return (_id_array(img, path, "image_id", "annotations"), _id_array(cat, path, "category_id", "annotations"),
+            boxes, np.asarray(crowd, dtype=bool))
 
 
 def _is_xywh(box: Any) -> bool:

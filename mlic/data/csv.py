@@ -1,7 +1,7 @@
 """Reader of a generic `path,labels` CSV into `LabelledImages`, for datasets that come as a simple table.
 
-The header must hold `path` and `labels` (other columns are ignored). A row's labels are separated by `|` or by
-whitespace; a row with no labels is an all-negative image.
+The header must hold `path` and `labels` (other columns are ignored); a UTF-8 byte-order mark is allowed. A row's
+labels are separated by `|` or by whitespace; a row with no labels is an all-negative image.
 """
 
 from __future__ import annotations
@@ -82,7 +82,16 @@ def load_csv(
 
 def _read_rows(csv_file: Path) -> list[tuple[str, str, int]]:
     """(path, labels cell, file line number) per data row."""
-    with open(csv_file, newline="", encoding="utf-8") as f:
+    try:
+        return _parse_rows(csv_file)
+    except UnicodeDecodeError as err:
+        raise DataFormatError(csv_file, "<text>", f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise DataFormatError(csv_file, "<csv>", f"not a readable CSV: {err}") from None
+
+
+def _parse_rows(csv_file: Path) -> list[tuple[str, str, int]]:
+    with open(csv_file, newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel's "CSV UTF-8") is not data
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:

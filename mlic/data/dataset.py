@@ -4,13 +4,17 @@ bad-image policy.
 Train transform (ASL / ML-Decoder / CPSD recipe): squish resize to (S, S), horizontal flip, Cutout of half the side
 with a random colour, RandAugment, then float conversion and the backbone's normalisation. Evaluation: squish resize
 and normalisation only. A missing or undecodable image is skipped, counted and logged with its path
-(`bad_images="skip"`), or raises `BadImageError` (`bad_images="raise"`).
+(`bad_images="skip"`), or raises `BadImageError` (`bad_images="raise"`). Skipping has a limit: a split none of
+whose images could be read, or more than `max_bad_fraction` of them, fails with `TooManyBadImagesError`, which says
+how many were skipped and in which folder the images were looked for (`check_readable`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from mlic.core.errors import BadImageError
+from mlic.core.errors import BadImageError, TooManyBadImagesError
 from mlic.data.table import LabelledImages
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,7 @@ class ImageDataset(Dataset):
             if self.bad_images == "raise":
                 raise
             log.warning("skipping bad image %s", err)
-            return {"skipped": str(self.table.paths[index])}
+            return {"skipped": str(self.table.paths[index]), "index": index}
         item = {"image": self.transform(image), "target": self.targets[index], "index": index}
         if self.observed is not None:
             item["observed"] = self.observed[index]
@@ -132,10 +136,11 @@ class ImageDataset(Dataset):
 
 
 def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack good items into a batch; paths of skipped images go to `batch["skipped"]`."""
+    """Stack good items into a batch; paths of skipped images go to `batch["skipped"]`, their rows to
+    `batch["skipped_rows"]`."""
     skipped = [it["skipped"] for it in items if "skipped" in it]
     good = [it for it in items if "skipped" not in it]
-    batch: dict[str, Any] = {"skipped": skipped}
+    batch: dict[str, Any] = {"skipped": skipped, "skipped_rows": [it["index"] for it in items if "skipped" in it]}
     if not good:
         return batch
     batch["image"] = torch.stack([it["image"] for it in good])
@@ -144,3 +149,53 @@ def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
     if "observed" in good[0]:
         batch["observed"] = torch.stack([it["observed"] for it in good])
     return batch
+
+
+def missing_images(table: LabelledImages) -> list[int]:
+    """Rows of `table` whose image file does not exist (one directory listing per folder, not one stat per file)."""
+    listed: dict[Path, set[str]] = {}
+    missing = []
+    for row, path in enumerate(table.paths):
+        folder = path.parent
+        if folder not in listed:
+            try:
+                listed[folder] = set(os.listdir(folder))
+            except OSError:
+                listed[folder] = set()
+        if path.name not in listed[folder]:
+            missing.append(row)
+    return missing
+
+
+def check_readable(table: LabelledImages, skipped: Collection[str], *, split: str | None,
+                   max_fraction: float) -> None:
+    """Fail when a split has no image, none could be read, or more than `max_fraction` of them were skipped.
+
+    Args:
+        table: the split's table.
+        skipped: paths of its images that were skipped (missing or undecodable).
+        split: the split's name, for the message (None: the table is named by its source).
+        max_fraction: the largest share of skipped images allowed (`data.max_bad_fraction`).
+
+    Raises:
+        TooManyBadImagesError: naming the count, the share, the folder(s) the images were looked for in and an
+            example path.
+    """
+    n, k = len(table), len(skipped)
+    what = f"split {split!r}" if split is not None else f"the table of {table.source or 'unknown source'}"
+    if n == 0:
+        raise TooManyBadImagesError(table.source or str(split), f"{what} has no images")
+    if k == 0 or (k < n and k <= max_fraction * n):
+        return
+    examples = sorted(skipped)
+    folders = sorted({str(Path(p).parent) for p in examples})
+    looked = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
+    where = f"looked in {looked}"
+    if k == n:
+        problem = (f"no image of {what} could be read: all {n} were skipped as missing or undecodable; "
+                   f"{where}; e.g. {examples[0]}. Is data.root the dataset's folder?")
+    else:
+        problem = (f"{k} of {n} images of {what} ({100 * k / n:.1f}%) were skipped as missing or "
+                   f"undecodable, more than data.max_bad_fraction={max_fraction} allows; {where}; e.g. "
+                   f"{examples[0]}. Fix or remove them, or raise data.max_bad_fraction")
+    raise TooManyBadImagesError(table.source or folders[0], problem)

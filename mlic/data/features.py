@@ -1,27 +1,41 @@
 """Frozen-backbone feature cache: backbone features computed once into a memory-mapped file, then head-only epochs.
 
 The cache key hashes the backbone's weights, the image size, the normalisation and the image list, so a changed
-model or dataset never reuses stale features. The `.npy` file is written under a temporary name and its sidecar
-`.json` last, so an interrupted extraction is recomputed rather than half-read.
+model or dataset never reuses stale features. An entry is `<key>.npy` (one row per image of the table) and its
+sidecar `<key>.json` (shape, settings, the rows whose image could not be read), written in that order, so an entry
+is complete exactly when its sidecar exists.
+
+Any number of processes on one machine may share the cache. An entry is computed by the first process that asks
+for it, under the entry's lock (`<key>.lock`, `filelock`); the others wait for the lock and then read what the
+first one wrote ("first writer wins, others wait"). The `.npy` is written under a unique temporary name, with its
+full size reserved on disk before any row is written (a full disk is a `DiskFullError` rather than a `SIGBUS`
+from the memory map), and renamed into place when complete; temporary files that killed writers left behind are
+removed when their entry's lock is free.
+
+Unreadable images follow the dataset's policy: under `bad_images="raise"` extraction stops at the first one; under
+`"skip"` their rows stay zero, are listed in the sidecar and reported to the caller, who leaves them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mlic.core.io import atomic_write_json
-from mlic.data.dataset import ImageDataset, collate_skipping
+from mlic.core.errors import BadImageError
+from mlic.core.io import TEMPORARY_GLOB, atomic_path, atomic_write_json, is_no_space
+from mlic.data.dataset import ImageDataset, check_readable, collate_skipping
 from mlic.data.table import LabelledImages
 
 log = logging.getLogger(__name__)
@@ -62,79 +76,181 @@ def cache_key(backbone: torch.nn.Module, table: LabelledImages, settings: dict[s
 
 def extract_features(model: torch.nn.Module, dataset: ImageDataset, out_file: Path, *, device: torch.device,
                      batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                     skipped: list[int] | None = None,
                      extract: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.memmap:
     """Run `extract` (default `model.forward_features`; a cut's `model.forward_prefix`) over `dataset`
     (evaluation transform) into a float16 memmap at `out_file`.
 
-    Unreadable images are an error here: a cached row must exist for every image of the table.
+    Unreadable images follow `dataset.bad_images`: `"raise"` stops at the first, `"skip"` leaves its row zero and
+    appends the row to `skipped`. The file appears at `out_file` only when complete.
+
+    Raises:
+        TooManyBadImagesError: no image of the dataset could be read.
+        DiskFullError: the disk cannot hold the features (nothing is left behind).
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping)
-    tmp = out_file.with_suffix(".partial.npy")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    storage: np.memmap | None = None
+    bad_rows: list[int] = []
+    bad_paths: list[str] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            for batch in _progress(loader, progress, f"features → {out_file.name}"):
-                if batch["skipped"]:
-                    raise OSError(f"cannot cache features: unreadable image(s) {batch['skipped']}")
-                feats = (extract or model.forward_features)(batch["image"].to(device)).float().cpu().numpy()
-                if storage is None:
-                    storage = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                        shape=(len(dataset), *feats.shape[1:]))
-                idx = batch["index"].numpy()
-                storage[idx] = feats.astype(np.float16)
+        with atomic_path(out_file) as tmp:
+            storage: np.memmap | None = None
+            with torch.inference_mode():
+                for batch in _progress(loader, progress, f"features → {out_file.name}"):
+                    bad_rows += batch["skipped_rows"]
+                    bad_paths += batch["skipped"]
+                    if "image" not in batch:
+                        continue
+                    feats = (extract or model.forward_features)(batch["image"].to(device)).float().cpu().numpy()
+                    if storage is None:
+                        storage = _open_reserved(tmp, (len(dataset), *feats.shape[1:]))
+                    storage[batch["index"].numpy()] = feats.astype(np.float16)
+            if storage is None:  # an empty table, or no image could be read
+                check_readable(dataset.table, bad_paths, split=None, max_fraction=1.0)
+                raise AssertionError("unreachable: check_readable raises for an empty or unreadable table")
+            storage.flush()
+            del storage
     finally:
         model.train(was_training)
-    if storage is None:
-        raise ValueError(f"no images to extract features from for {out_file}")
-    storage.flush()
-    del storage
-    os.replace(tmp, out_file)
+    if skipped is not None:
+        skipped += sorted(bad_rows)
     return np.load(out_file, mmap_mode="r")
+
+
+def _open_reserved(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A float16 `.npy` memmap of `shape` at `path`, its blocks reserved on disk first: writing into a sparse memory
+    map on a full disk kills the process with SIGBUS, a reservation fails with ENOSPC instead."""
+    storage = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS, Windows
+        return storage
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if is_no_space(err):
+            raise  # `atomic_path` turns it into a DiskFullError naming the entry and removes the file
+        log.debug("cannot reserve %s on disk (%s); writing it sparse", path, err)  # file system without fallocate
+    finally:
+        os.close(fd)
+    return storage
 
 
 def cached_features(model: torch.nn.Module, dataset: ImageDataset, *, settings: dict[str, Any],
                     cache_dir: Path | None = None, device: torch.device, batch_size: int = 64,
-                    num_workers: int = 0, progress: bool = True, train_from: str | None = None) -> np.memmap:
-    """Features of `dataset` from the cache, computing and storing them on a miss: the backbone's features, or
-    with `train_from` the output of the model's frozen prefix before that module (part of the key)."""
+                    num_workers: int = 0, progress: bool = True, skipped: list[int] | None = None,
+                    train_from: str | None = None) -> np.memmap:
+    """Features of `dataset` from the cache, computing and storing them on a miss (safe across processes): the
+    backbone's features, or with `train_from` the output of the model's frozen prefix before that module (part of
+    the key).
+
+    Args:
+        skipped: a list to fill with the rows whose image could not be read (their features are zeros); a cached
+            entry with such rows raises `BadImageError` under `bad_images="raise"`.
+    """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if train_from is not None:
         settings = {**settings, "train_from": train_from}
     key = cache_key(model.backbone, dataset.table, settings)
     data_file, info_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if info_file.exists() and data_file.exists():
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_temporaries(cache_dir)
+    found = _read_entry(data_file, info_file)
+    if found is None:
+        with _entry_lock(cache_dir, key, data_file):
+            found = _read_entry(data_file, info_file)  # another process may have written it while we waited
+            if found is None:
+                log.info("computing features for %d images into %s", len(dataset), data_file)
+                bad_rows: list[int] = []
+                features = extract_features(model, dataset, data_file, device=device, batch_size=batch_size,
+                                            num_workers=num_workers, progress=progress, skipped=bad_rows,
+                                            extract=None if train_from is None else model.forward_prefix)
+                atomic_write_json(info_file, {"shape": list(features.shape), "dtype": "float16",
+                                              "settings": settings, "source": dataset.table.source,
+                                              "images": len(dataset), "skipped_rows": bad_rows})
+                found = features, bad_rows
+    else:
         log.info("feature cache hit %s", data_file)
-        return np.load(data_file, mmap_mode="r")
-    log.info("computing features for %d images into %s", len(dataset), data_file)
-    features = extract_features(model, dataset, data_file, device=device, batch_size=batch_size,
-                                num_workers=num_workers, progress=progress,
-                                extract=None if train_from is None else model.forward_prefix)
-    atomic_write_json(info_file, {"shape": list(features.shape), "dtype": "float16", "settings": settings,
-                                  "source": dataset.table.source, "images": len(dataset)})
+    features, bad_rows = found
+    if bad_rows and dataset.bad_images == "raise":
+        path = dataset.table.paths[bad_rows[0]]
+        raise BadImageError(path, f"cannot be read ({len(bad_rows)} unreadable image(s) in this split, recorded in "
+                                  f"{info_file})")
+    if skipped is not None:
+        skipped += bad_rows
     return features
+
+
+def _read_entry(data_file: Path, info_file: Path) -> tuple[np.memmap, list[int]] | None:
+    """A complete cache entry (features, unreadable rows), or None."""
+    if not (info_file.exists() and data_file.exists()):
+        return None
+    info = json.loads(info_file.read_text())
+    return np.load(data_file, mmap_mode="r"), [int(r) for r in info.get("skipped_rows", [])]
+
+
+@contextlib.contextmanager
+def _entry_lock(cache_dir: Path, key: str, data_file: Path) -> Iterator[None]:
+    """Hold the lock of one cache entry; logs when another process holds it (it is computing the entry)."""
+    lock = filelock.FileLock(cache_dir / f"{key}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("another process is computing %s; waiting for it", data_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_abandoned_temporaries(cache_dir: Path) -> list[Path]:
+    """Delete the temporary files of entries whose lock is free: their writers were killed mid-write (a live writer
+    holds its entry's lock)."""
+    removed = []
+    for tmp in cache_dir.glob(TEMPORARY_GLOB):
+        key = tmp.name.lstrip(".").split(".", 1)[0]
+        lock = filelock.FileLock(cache_dir / f"{key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            continue
+        try:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        finally:
+            lock.release()
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by interrupted feature extraction", cache_dir, len(removed))
+    return removed
 
 
 class FeatureDataset(Dataset):
     """Cached features with the table's targets: items `<key>` (`features`: the backbone's; `cut`: a cut's prefix
-    output), `target`, `index` (and `observed`)."""
+    output), `target`, `index` (and `observed`).
 
-    def __init__(self, features: np.ndarray, table: LabelledImages, *, key: str = "features") -> None:
+    `rows` are the table rows to serve (default: all); rows whose image could not be read are left out this way.
+    Positions (`0 .. len - 1`) select among `rows`; `index` is always the table row.
+    """
+
+    def __init__(self, features: np.ndarray, table: LabelledImages, *, rows: Sequence[int] | None = None,
+                 key: str = "features") -> None:
         if len(features) != len(table):
             raise ValueError(f"{len(features)} feature rows for {len(table)} images")
         self.features = features
         self.table = table
         self.key = key
+        self.rows = np.arange(len(table)) if rows is None else np.asarray(rows, dtype=np.int64)
         self.targets = torch.from_numpy(table.labels.astype(np.float32))
         self.observed = None if table.observed is None else torch.from_numpy(table.observed.astype(np.float32))
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = int(self.rows[position])
         item = {self.key: torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
                 "target": self.targets[index], "index": index}
         if self.observed is not None:
@@ -150,9 +266,9 @@ class FeatureDataset(Dataset):
         return self.batches_from(order[start:start + batch_size] for start in range(0, len(order), batch_size))
 
     def batches_from(self, index_batches: Iterable[Sequence[int]]) -> Iterable[dict[str, Any]]:
-        """One batch per group of row indices (e.g. a rank's shards from a `ShardedBatchSampler`)."""
-        for rows in index_batches:
-            idx = np.sort(np.asarray(rows, dtype=np.int64))
+        """One batch per group of positions (e.g. a rank's shards from a `ShardedBatchSampler`)."""
+        for positions in index_batches:
+            idx = np.sort(self.rows[np.asarray(positions, dtype=np.int64)])
             batch: dict[str, Any] = {
                 self.key: torch.from_numpy(np.asarray(self.features[idx], dtype=np.float32)),
                 "target": self.targets[idx],

@@ -67,7 +67,7 @@ def _concept_names(root: Path, concepts: str | Sequence[str]) -> list[str]:
         concept_file = root / "Concepts81.txt" if concepts == "81" else root / concepts
         if not concept_file.is_file():
             raise FileNotFoundError(f"NUS-WIDE concept list {concept_file} not found")
-        names = [line.strip() for line in concept_file.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in _read_text(concept_file).splitlines() if line.strip()]
         source = concept_file
     else:
         names = [str(c) for c in concepts]
@@ -85,7 +85,7 @@ def _read_image_list(list_file: Path) -> list[str]:
     if not list_file.is_file():
         raise FileNotFoundError(f"NUS-WIDE image list {list_file} not found")
     rel = []
-    for line in list_file.read_text().splitlines():
+    for line in _read_text(list_file).splitlines():
         line = line.strip().replace("\\", "/")
         if not line:
             continue
@@ -120,6 +120,14 @@ def _line_of_token(path: Path, index: int) -> int:
         if seen > index:
             return number
     return number
+
+
+def _read_text(path: Path) -> str:
+    """A text file's contents (a UTF-8 byte-order mark dropped); a `DataFormatError` naming it if not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, "<text>", f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 @DATASETS.register("nuswide")

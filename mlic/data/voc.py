@@ -118,7 +118,7 @@ def load_voc(
 def _read_split(split_file: Path) -> list[str]:
     """Image ids of a split file; the first token of each line, so per-class files (`000005 -1`) also work."""
     ids = []
-    for line in split_file.read_text().splitlines():
+    for line in _read_text(split_file).splitlines():
         tokens = line.split()
         if tokens:
             ids.append(tokens[0])
@@ -169,6 +169,14 @@ def _box(obj: ET.Element, xml_file: Path, k: int) -> tuple[float, ...] | None:
             raise DataFormatError(xml_file, tag, f"object {k} has bndbox {tag} {text!r}, expected a number") from None
     xmin, ymin, xmax, ymax = coords
     return xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0
+
+
+def _read_text(path: Path) -> str:
+    """A text file's contents (a UTF-8 byte-order mark dropped); a `DataFormatError` naming it if not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, "<text>", f"not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 @DATASETS.register("voc")

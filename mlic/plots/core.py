@@ -130,15 +130,26 @@ def training_curves(history: list[dict[str, Any]], *, metric: str = "mAP") -> Fi
 
 
 def per_class_ap(ap_by_split: dict[str, np.ndarray], class_names: Sequence[str]) -> Figure:
-    """Per-class AP bars for each split (e.g. test vs test_shift), classes sorted by the first split's AP."""
-    data = pd.concat([pd.DataFrame({"label": list(class_names), "AP": np.asarray(ap), "split": split})
-                      for split, ap in ap_by_split.items()])
-    first = np.nan_to_num(np.asarray(next(iter(ap_by_split.values()))), nan=-1)
-    order = [class_names[i] for i in np.argsort(-first, kind="stable")]
+    """Per-class AP bars for each split (e.g. test vs test_shift), classes sorted by the first split's AP.
+
+    A class without a positive in a split has no AP there (NaN): it gets no bar, its name is starred and the title
+    says in which split(s) it had none (small splits often lack a rare class).
+    """
+    names = list(class_names)
+    aps = {split: np.asarray(ap, dtype=float) for split, ap in ap_by_split.items()}
+    data = pd.concat([pd.DataFrame({"label": names, "AP": ap, "split": split}) for split, ap in aps.items()])
+    data = data.dropna(subset=["AP"])  # seaborn cannot place bars of a hue level that is missing for a label
+    first = np.nan_to_num(next(iter(aps.values())), nan=-1)
+    order = [names[i] for i in np.argsort(-first, kind="stable")]
+    missing = {split: [n for n, v in zip(names, ap) if np.isnan(v)] for split, ap in aps.items()}
+    starred = {n for absent in missing.values() for n in absent}
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(order)), 3.6))
-    sns.barplot(data=data, x="label", y="AP", hue="split", order=order, ax=ax)
+    sns.barplot(data=data, x="label", y="AP", hue="split", order=order, hue_order=list(aps), ax=ax)
+    ax.set_xticks(range(len(order)), [f"{n}*" if n in starred else n for n in order])
     ax.tick_params(axis="x", rotation=70)
-    ax.set(xlabel="", ylabel="AP (%)", title="Average precision per class")
+    note = "; ".join(f"{split}: {', '.join(absent)}" for split, absent in missing.items() if absent)
+    title = "Average precision per class" + (f"\n* no positive, no AP — {note}" if note else "")
+    ax.set(xlabel="", ylabel="AP (%)", title=title)
     return fig
 
 

@@ -2,15 +2,25 @@
 OneCycle and early stopping, keeps the better of the EMA and raw weights, and leaves a self-describing run folder.
 
 The run folder's layout is `mlic.runs.Run`'s: config, per-epoch metrics, final metrics, predictions per split and
-the best and last checkpoints. With `runtime.resume` a killed run continues from its last checkpoint; each epoch's
-data order and augmentation draws are seeded from (seed, epoch), and the EMA's warm-up from the global step, so the
-resumed run ends where an uninterrupted one would.
+the best and last checkpoints. With `runtime.resume` a killed run continues from its last checkpoint (of the same
+run: a changed identity is refused); each epoch's data order and augmentation draws are seeded from (seed, epoch),
+and the EMA's warm-up from the global step, so the resumed run ends where an uninterrupted one would.
+
+A run fails where its trouble starts rather than leaving a plausible-looking folder:
+
+- the folder belongs to one process (`Run.lock`): a second run into it fails at once, naming the owner;
+- a split with no readable image, or with more unreadable ones than `data.max_bad_fraction`, stops the run
+  (missing files are counted before anything is built, undecodable ones as they are met);
+- weights or scores that are not finite are never saved: the run stops with the divergence message, which names
+  the last checkpoint only if this run wrote one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,9 +36,17 @@ from tqdm.auto import tqdm
 import mlic
 from mlic import metrics
 from mlic.core.config import RunConfig
-from mlic.core.errors import BadImageError, TrainingDivergedError
-from mlic.core.io import append_jsonl, atomic_save_npz, atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint
-from mlic.data.dataset import ImageDataset, build_transforms, collate_skipping
+from mlic.core.errors import BadImageError, ConfigError, TooManyBadImagesError, TrainingDivergedError
+from mlic.core.io import (
+    append_jsonl,
+    atomic_save_npz,
+    atomic_write_json,
+    load_checkpoint,
+    read_jsonl,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from mlic.data.dataset import ImageDataset, build_transforms, check_readable, collate_skipping, missing_images
 from mlic.data.features import FeatureDataset, cached_features
 from mlic.data.sources import load_split
 from mlic.data.table import LabelledImages
@@ -61,9 +79,12 @@ def resolve_device(name: str) -> torch.device:
     """`auto` → CUDA when available, else CPU; anything else is passed to `torch.device`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"runtime.device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device auto or cpu")
+        raise ConfigError(f"runtime.device: {name!r} requested but CUDA is not available; use --device auto or cpu")
     return device
 
 
@@ -81,7 +102,8 @@ class Batches:
     transform of each image, every epoch.
 
     Batches are this process's shards of the global batches (`distributed.ShardedBatchSampler`); in a single
-    process the shard is the whole batch.
+    process the shard is the whole batch. With a frozen backbone the images that could not be read when the
+    features were cached are left out (`skipped`: their paths), as the image loader leaves them out of its batches.
     """
 
     def __init__(self, table: LabelledImages, *, train: bool, cfg: RunConfig, model: MultiLabelClassifier,
@@ -93,17 +115,23 @@ class Batches:
         train_from = cfg.model.train_from
         self.frozen = cfg.model.freeze_backbone or train_from is not None  # fed from a cache
         eval_transform = build_transforms(data.image_size, train=False, mean=mean, std=std, normalize=data.normalize)
+        self.skipped: list[str] = []
         if self.frozen:
-            images = ImageDataset(table, eval_transform, bad_images="raise")
+            images = ImageDataset(table, eval_transform, bad_images=data.bad_images)
             settings = {"image_size": data.image_size, "normalize": data.normalize, "mean": list(mean),
                         "std": list(std)}
+            unreadable: list[int] = []
             feats = cached_features(model, images, settings=settings, device=device,
                                     batch_size=data.eval_batch_size or data.batch_size,
                                     num_workers=cfg.runtime.num_workers, progress=cfg.runtime.progress,
-                                    train_from=train_from)
-            self.features = FeatureDataset(feats, table, key="features" if train_from is None else "cut")
-        drop_last = train and not self.frozen and len(table) > self.batch_size
-        self.sampler = distributed.ShardedBatchSampler(len(table), self.batch_size, shuffle=train, drop_last=drop_last,
+                                    skipped=unreadable, train_from=train_from)
+            self.skipped = [str(table.paths[row]) for row in unreadable]
+            kept = np.setdiff1d(np.arange(len(table)), unreadable) if unreadable else None
+            self.features = FeatureDataset(feats, table, rows=kept,
+                                           key="features" if train_from is None else "cut")
+        n = len(self.features) if self.frozen else len(table)
+        drop_last = train and not self.frozen and n > self.batch_size
+        self.sampler = distributed.ShardedBatchSampler(n, self.batch_size, shuffle=train, drop_last=drop_last,
                                                        rank=distributed.rank(), world=distributed.world_size(),
                                                        train=train)
         if not self.frozen:
@@ -203,6 +231,10 @@ class Trainer:
             if table.class_names != self.class_names:
                 raise ValueError(f"split {split!r} has classes {table.class_names[:5]}... which differ from the "
                                  f"training split's {self.class_names[:5]}...")
+        self.skipped: set[str] = set()  # distinct unreadable images (each is met again every epoch)
+        self.skipped_in: dict[str, set[str]] = {}  # the same, per split
+        for split, table in {data.train_split: self.train_table, **self._all_eval_tables()}.items():
+            self._check_files(split, table)
 
         m = cfg.model
         self.model = create_model(m.backbone, m.head, len(self.class_names), pretrained=m.pretrained,
@@ -229,6 +261,10 @@ class Trainer:
                     raise ValueError(f"threshold_split {tune_on!r} is neither the training split nor an evaluated "
                                      "split")
                 self.eval_batches[tune_on] = make(self.train_eval_table, False)
+        for split, batches in [(data.train_split, self.train_batches), *self.eval_batches.items()]:
+            if batches.frozen:  # the images the feature cache could not read
+                self._count_skipped(split, batches.skipped)
+                self._check_readable(split, batches.table)
 
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.kwargs)
         self.loss_fn.bind(self.train_table)
@@ -265,8 +301,8 @@ class Trainer:
         self.start_epoch = 0
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "weights": "raw"}
         self.stopper = EarlyStopping(cfg.train.early_stopping_patience, cfg.train.early_stopping_smoothing)
-        self.skipped: set[str] = set()  # distinct unreadable images (each is met again every epoch)
         self.step = 0  # optimiser steps so far (the EMA's warm-up counts them)
+        self.saved_epoch: int | None = None  # the epoch of the last `last.pt` this run wrote (or resumed from)
         self.progress = cfg.runtime.progress and self.main
 
     def _ema_model(self) -> nn.Module:
@@ -282,6 +318,54 @@ class Trainer:
         if self.val_table is not None:
             tables = {self.cfg.data.val_split: self.val_table, **tables}
         return tables
+
+    # ----------------------------------------------------------------- unreadable images
+    def _check_files(self, split: str, table: LabelledImages) -> None:
+        """Before anything is built: a split without images, or whose files are missing beyond what the policy
+        allows (a wrong `data.root` is caught here, not after an epoch of nothing)."""
+        missing = [str(table.paths[row]) for row in missing_images(table)]
+        if missing and self.cfg.data.bad_images == "raise":
+            raise BadImageError(missing[0], f"file not found ({len(missing)} of {len(table)} images of split "
+                                            f"{split!r} are missing; data.bad_images is 'raise')")
+        check_readable(table, missing, split=split, max_fraction=self.cfg.data.max_bad_fraction)
+
+    def _count_skipped(self, split: str, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        self.skipped.update(paths)
+        self.skipped_in.setdefault(split, set()).update(paths)
+
+    def _check_readable(self, split: str, table: LabelledImages) -> None:
+        """Stop when `split` had no readable image or more unreadable ones than `data.max_bad_fraction`."""
+        skipped = self.skipped_in.get(split, set())
+        if self.world > 1:  # every rank met its own shards' images; all ranks take the same decision
+            skipped = set().union(*distributed.all_gather_objects(skipped))
+        check_readable(table, skipped, split=split, max_fraction=self.cfg.data.max_bad_fraction)
+
+    # ----------------------------------------------------------------- divergence
+    def _last_good(self) -> str:
+        """Where the last good checkpoint of this run is, or that there is none."""
+        last = self.run.checkpoint("last")
+        if self.saved_epoch is not None and last.is_file():
+            return f"The last good checkpoint is kept at {last} (after epoch {self.saved_epoch + 1})."
+        return "No checkpoint of this run was written (it diverged in its first epoch)."
+
+    def _check_finite(self, epoch: int) -> None:
+        """Refuse to go on (and to save) when a weight or a buffer is NaN or infinite: a loss can stay finite for a
+        while after the weights have overflowed."""
+        modules = {"": self.model} if self.ema is None else {"": self.model, "ema ": self.ema.module}
+        bad: dict[str, int] = {}
+        for prefix, module in modules.items():
+            for name, tensor in module.state_dict().items():
+                if tensor.is_floating_point():
+                    count = int((~torch.isfinite(tensor)).sum())
+                    if count:
+                        bad[prefix + name] = count
+        if bad:
+            worst = ", ".join(f"{name} ({count})" for name, count in sorted(bad.items(), key=lambda kv: -kv[1])[:3])
+            raise TrainingDivergedError(
+                f"training diverged in epoch {epoch + 1}: {sum(bad.values())} weight values are NaN or infinite "
+                f"(in {worst}); the run stops here and saves nothing of this epoch. {self._last_good()} Lower the "
+                "learning rate or set optim.grad_clip.")
 
     # ----------------------------------------------------------------- checkpoints
     def _payload(self, model_state: dict[str, torch.Tensor], weights: str, epoch: int) -> dict[str, Any]:
@@ -303,15 +387,21 @@ class Trainer:
             "step": self.step,
         })
         save_checkpoint(self.run.checkpoint("last"), payload)
+        self.saved_epoch = epoch
 
     def _restore(self, path: Path) -> None:
         # rank 0 reads and sends: the other machines need not see the run folder
         state = distributed.broadcast_from_main(load_checkpoint(path, map_location="cpu") if self.main else None)
         planned = state["config"]["train"]["epochs"]
         if planned != self.cfg.train.epochs:
-            raise ValueError(f"{path} belongs to a run planned for {planned} epochs, the config asks for "
-                             f"{self.cfg.train.epochs}: resume continues the same schedule. Start a new run "
-                             "(output_dir) to train longer.")
+            raise ConfigError(f"{path} belongs to a run planned for {planned} epochs, the config asks for "
+                              f"{self.cfg.train.epochs}: resume continues the same schedule. Start a new run "
+                              "(output_dir) to train longer.")
+        changed = identity_changes(RunConfig.from_dict(state["config"]), self.cfg)
+        if changed:
+            raise ConfigError(f"{path} belongs to another run: resume continues the same run, but the config changes "
+                              f"{'; '.join(changed)}. Start a new run (another output_dir), or train this folder "
+                              "afresh without resume.")
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -322,6 +412,7 @@ class Trainer:
         self.best = dict(state["best"])
         self.stopper.load_state_dict(state["early_stopping"])
         self.start_epoch = int(state["epoch"]) + 1
+        self.saved_epoch = int(state["epoch"])
         self.step = int(state.get("step", self.start_epoch * self.steps_per_epoch))
         if not self.main:
             return
@@ -347,7 +438,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
-            self.skipped.update(batch["skipped"])
+            self._count_skipped(self.cfg.data.train_split, batch["skipped"])
             if "target" not in batch:
                 if self.world > 1:  # skipping the step on one rank only would hang the others in DDP's all-reduce
                     raise BadImageError(f"every image of a batch shard on rank {distributed.rank()} is unreadable "
@@ -356,13 +447,17 @@ class Trainer:
             loss = self.train_step(batch)
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
-                    f"loss is {loss} at epoch {epoch + 1}, step {step + 1}; the run stops here. The last good "
-                    f"checkpoint is kept at {self.run.checkpoint('last')} (epoch {epoch}). Lower the "
-                    "learning rate or enable grad_clip.")
+                    f"loss is {loss} at epoch {epoch + 1}, step {step + 1}; the run stops here. {self._last_good()} "
+                    "Lower the learning rate or set optim.grad_clip.")
             total += loss
             count += 1
             if count % 10 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
+        split = self.cfg.data.train_split
+        self._check_readable(split, self.train_table)
+        if distributed.mean_over_ranks(float(count)) == 0:
+            raise TooManyBadImagesError(self.cfg.data.root, f"no training step in epoch {epoch + 1}: every batch of "
+                                                            f"split {split!r} was unreadable")
         return {"train_loss": total / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -422,7 +517,7 @@ class Trainer:
         scores, targets, indices = [], [], []
         try:
             for batch in tqdm(batches.epoch(0), total=len(batches), desc=split, leave=False, disable=not self.progress):
-                self.skipped.update(batch["skipped"])
+                self._count_skipped(split, batch["skipped"])
                 if "target" not in batch:
                     continue
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
@@ -437,6 +532,7 @@ class Trainer:
                 indices.append(batch["index"].numpy())
         finally:
             model.train(was_training)
+        self._check_readable(split, batches.table)
         num_classes = len(self.class_names)
         local = (_stack(scores, (0, num_classes), np.float32), _stack(targets, (0, num_classes), np.float32),
                  _stack(indices, (0,), np.int64), {k: np.concatenate(v) for k, v in (aux or {}).items()})
@@ -448,8 +544,14 @@ class Trainer:
         if aux is not None:
             for key in list(aux):
                 aux[key] = [np.concatenate([p[3][key] for p in parts if key in p[3]])[order]]
-        return (np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
-                .astype(np.uint8), np.concatenate([p[2] for p in parts])[order])
+        scores = np.concatenate([p[0] for p in parts])[order]
+        if not np.isfinite(scores).all():
+            raise TrainingDivergedError(
+                f"training diverged: {int((~np.isfinite(scores)).sum())} scores on split {split!r} are NaN or "
+                f"infinite; the run stops here and saves nothing of this epoch. {self._last_good()} Lower the "
+                "learning rate or set optim.grad_clip.")
+        return (scores, np.concatenate([p[1] for p in parts])[order].astype(np.uint8),
+                np.concatenate([p[2] for p in parts])[order])
 
     def mask(self, split: str, rows: np.ndarray) -> np.ndarray | None:
         """The evaluation mask of `rows` of `split` (None: every entry counts; see `LabelledImages.evaluation_mask`)."""
@@ -463,14 +565,21 @@ class Trainer:
 
     # ----------------------------------------------------------------- the run
     def fit(self) -> RunResult:
+        """Train every epoch, then evaluate (`finish`); the run folder is this process's while it runs."""
+        with self.run.lock() if self.main else contextlib.nullcontext():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         cfg = self.cfg
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)  # left by a process killed while writing
         last = self.run.checkpoint("last")
         if distributed.broadcast_from_main(cfg.runtime.resume and last.exists()):
             self._restore(last)
-        elif self.run.history_file.exists() and self.main:
-            self.run.history_file.unlink()
+        elif self.main:  # a fresh start: what a previous run left must not pass for this run's results
+            self.run.history_file.unlink(missing_ok=True)
+            self.run.final_file.unlink(missing_ok=True)
         if self.main:
             cfg.to_yaml(self.run.config_file)
         log.info("run %s: %d train images, %d classes, device %s, %s", self.run_dir, len(self.train_table),
@@ -480,6 +589,7 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.train_one_epoch(epoch)}
+            self._check_finite(epoch)
             candidates = {"raw": self.model}
             if self.ema is not None:
                 candidates["ema"] = self._ema_model()
@@ -582,6 +692,29 @@ def _limit(table: LabelledImages, n: int | None) -> LabelledImages:
     return table if n is None or n >= len(table) else table.subset(np.arange(n))
 
 
+def identity_changes(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """The identity fields (`RunConfig.identity`) that differ between `saved` and `cfg`, as ``field: old → new``."""
+    old, new = _flatten(saved.identity()), _flatten(cfg.identity())
+    return [f"{key}: {old.get(key)!r} → {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def fit(cfg: RunConfig) -> RunResult:
-    """Train and evaluate one run described by `cfg`; see the module docstring for the run folder."""
-    return Trainer(cfg).fit()
+    """Train and evaluate one run described by `cfg`; see the module docstring for the run folder.
+
+    The run folder is locked before the data and the model are built, so a second run into a folder in use fails
+    at once (`FolderInUseError`).
+    """
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
+    with Run(cfg.output_dir).lock() if main else contextlib.nullcontext():
+        return Trainer(cfg).fit()
