@@ -282,6 +282,26 @@ def test_extra_modules_train_at_their_learning_rate_multiplier() -> None:
     assert group["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("total_steps", [1, 2, 5, 10])
+def test_onecycle_warms_up_to_the_peak_and_anneals_for_any_number_of_steps(total_steps: int) -> None:
+    """A run of 5 steps at pct_start 0.2 ends its warm-up on step 0, where torch's OneCycleLR divides by zero."""
+    from mlic.core.config import OptimConfig
+    from mlic.train.optim import build_optimizer, build_scheduler
+
+    cfg = OptimConfig(name="sgd", lr=0.1, scheduler="onecycle", pct_start=0.2)
+    optimizer = build_optimizer(torch.nn.Linear(2, 1), cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(lrs) <= 0.1 + 1e-12
+    assert lrs[0] < 0.1 or total_steps == 1  # starts below the peak (max_lr / div_factor)
+    if total_steps >= 5:
+        assert max(lrs) > 0.05 and lrs[-1] < lrs[int(len(lrs) * 0.5)]  # reaches near the peak, then anneals
+
+
 def test_compiled_training_forward_matches_eager(scenes_root: Path, tmp_path: Path) -> None:
     """`train.compile` wraps the training forward in `torch.compile` (the eager backend here: the check is about
     the plumbing and that the compiled graph is the same computation; inductor needs a compiler and minutes)."""

@@ -6,6 +6,7 @@ group with no decay, as ASL's `add_weight_decay` does. OneCycle is stepped every
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -62,8 +63,13 @@ SCHEDULERS: Registry[Callable[..., LRScheduler]] = Registry("scheduler")
 @SCHEDULERS.register("onecycle")
 def _onecycle(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
     max_lr = [cfg.lr * group.get("lr_mult", 1.0) for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1),
-                                               pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+    total_steps = max(total_steps, 1)
+    pct_start = cfg.pct_start
+    if math.isclose(pct_start * total_steps, 1.0):
+        # the warm-up would end on step 0, where OneCycleLR divides by its zero length: warm up over 1.5 steps
+        pct_start = 1.5 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                               pct_start=pct_start, div_factor=cfg.div_factor,
                                                final_div_factor=cfg.final_div_factor)
 
 
