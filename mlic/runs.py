@@ -24,10 +24,13 @@ deferred import, the one place where this layer calls the layer above it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
 import re
+import socket
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
@@ -38,8 +41,9 @@ import pandas as pd
 
 from mlic.core import paths
 from mlic.core.config import RunConfig
+from mlic.core.errors import FolderInUseError
 from mlic.core.io import load_checkpoint, read_jsonl
-from mlic.core.locks import FolderLock
+from mlic.core.locks import FolderLock, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +308,33 @@ def _fit(cfg_dict: dict[str, Any]) -> str:
     return cfg.output_dir
 
 
+#: how long a run waits for a process on another host that trains into the same folder (a stale lock of a process
+#: that died there cannot be told from a live one)
+FOREIGN_OWNER_WAIT_SECONDS = 3600.0
+
+
+def _fit_or_wait(cfg_dict: dict[str, Any], reuse: bool = True) -> str:
+    """Train one run; where another process trains into the same folder (two notebooks of a suite that share runs,
+    running at once), wait for it and reuse its run if it finished it, else train (resume) once the folder is free."""
+    cfg = RunConfig.from_dict(cfg_dict)
+    run = Run(cfg.output_dir)
+    started, announced = time.monotonic(), False
+    while True:
+        try:
+            return _fit(cfg_dict)
+        except FolderInUseError as err:
+            owner = owner_of(run.lock_file)
+            if owner is not None and owner.host != socket.gethostname() and \
+                    time.monotonic() - started > FOREIGN_OWNER_WAIT_SECONDS:
+                raise
+            if not announced:
+                log.info("%s: waiting for that run to finish", err)
+                announced = True
+        time.sleep(1.0)
+        if reuse and run.is_finished(cfg):
+            return cfg.output_dir
+
+
 _WARMED: set[str] = set()
 
 
@@ -352,10 +383,10 @@ def train_runs(cfgs: Sequence[RunConfig], *, reuse: bool = True, workers: int = 
             _warm_feature_cache(pending[0])
         with contextlib.ExitStack() as stack:
             pool = executor or stack.enter_context(process_pool(min(workers, len(pending))))
-            list(pool.map(_fit, [c.to_dict() for c in pending]))
+            list(pool.map(functools.partial(_fit_or_wait, reuse=reuse), [c.to_dict() for c in pending]))
     else:
         for cfg in pending:
-            _fit(cfg.to_dict())
+            _fit_or_wait(cfg.to_dict(), reuse=reuse)
     runs = [Run(c.output_dir) for c in cfgs]
     if not keep_last:
         for run in runs:

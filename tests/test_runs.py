@@ -69,3 +69,40 @@ def test_a_run_is_finished_only_for_its_identity_evaluated_splits_included(scene
     run = runs.ensure(cfg)
     assert run.is_finished(cfg) and not run.predictions_file("test_shift").exists()
     assert not run.is_finished(cfg.updated({"data.eval_splits": ["test", "test_shift"]}))
+
+
+@pytest.mark.slow
+def test_a_run_whose_folder_another_process_trains_into_waits_for_it(scenes_root: Path, tmp_path: Path) -> None:
+    """Two notebooks of a suite that share runs may ask for the same run at once: the second waits for the folder's
+    owner instead of failing, then reuses the run or (here: the owner trained nothing) trains it."""
+    import logging
+    import threading
+
+    cfg = tiny_config(scenes_root, tmp_path / "shared", **{"train.epochs": 1, "model.freeze_backbone": True})
+    held, waiting = threading.Event(), threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for that run to finish" in record.getMessage():
+                waiting.set()
+
+    def owner() -> None:
+        with Run(cfg.output_dir).lock():
+            held.set()
+            waiting.wait(60)  # released once the other run has found the folder in use
+
+    handler = Seen()
+    logging.getLogger("mlic.runs").addHandler(handler)
+    previous = logging.getLogger("mlic.runs").level
+    logging.getLogger("mlic.runs").setLevel(logging.INFO)
+    thread = threading.Thread(target=owner)
+    try:
+        thread.start()
+        held.wait(10)
+        (run,) = runs.train_runs([cfg])
+    finally:
+        waiting.set()
+        thread.join()
+        logging.getLogger("mlic.runs").removeHandler(handler)
+        logging.getLogger("mlic.runs").setLevel(previous)
+    assert run.is_finished(cfg.updated({"runtime.resume": True}))
