@@ -5,13 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCENES := data/scenes/meta.json
+# notebooks `make run` executes at once (each kernel gets its share of the cores)
+JOBS ?= 2
 # JupyterLab refuses to run as root (containers, CI) without --allow-root
 LAB_FLAGS := --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # figures without a display for the batch targets only: the lab's kernels keep matplotlib's inline backend
-run test test-fast bench: export MPLBACKEND := Agg
+run test test-fast bench gpu-check: export MPLBACKEND := Agg
 
-.PHONY: run test test-fast lint lab bench scenes clean-reports
+.PHONY: run test test-fast lint lab bench gpu-check scenes clean-reports
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +28,7 @@ scenes: $(SCENES)
 
 ## make run: the quick suite of notebooks on the Scenes benchmark → reports/quick/index.md (+ index.html)
 run: $(SCENES)
-	@$(VENV)/bin/mlic run quick; status=$$?; \
+	@$(VENV)/bin/mlic run quick --jobs $(JOBS); status=$$?; \
 	echo "Report: $(CURDIR)/reports/quick/index.md and index.html (timings: reports/quick/timings.json)"; \
 	exit $$status
 
@@ -49,6 +51,10 @@ lab: $(SCENES)
 ## make bench: speed benchmarks, ratios measured side by side
 bench: $(SCENES)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## make gpu-check: the GPU paths on a CUDA machine (engine vs bare timm, compile, channels-last, torchrun, ONNX)
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean-reports:
 	rm -rf reports/quick reports/paper

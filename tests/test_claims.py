@@ -192,3 +192,26 @@ def test_the_forest_plot_draws_each_claims_interval_and_verdict() -> None:
     texts = [t.get_text() for t in ax.texts]
     assert "not measured" in texts and any(t.startswith("+8.00") for t in texts)
     matplotlib.pyplot.close(fig)
+
+
+def test_the_suite_index_opens_with_the_ledger_of_the_last_successful_claims_run(tmp_path: Path) -> None:
+    from mlic.report import write_index
+
+    suite = tmp_path / "suite"
+    ledger = pd.DataFrame({"claim": ["CPSD beats the baseline", "ROLE beats AN"], "source": ["CPSD", "SPML"],
+                           "split": ["test", "test"], "metric": ["mAP", "mAP"], "delta": [1.25, -0.5],
+                           "ci_low": [0.5, -1.5], "ci_high": [2.0, 0.25], "n_seeds": [3, 3],
+                           "verdict": ["reproduced", "inconclusive"]})
+    for run, status in (("claims_old", "failed"), ("claims", "ok"), ("study", "ok")):
+        (suite / run / "tables").mkdir(parents=True)
+        (suite / run / "status.json").write_text(json.dumps({"status": status, "notebook": "x.ipynb", "seconds": 1}))
+    stale = ledger.assign(verdict="refuted")
+    stale.to_csv(suite / "claims_old" / "tables" / "claims.csv", index=False)  # a failed rerun's: never shown
+    ledger.to_csv(suite / "claims" / "tables" / "claims.csv", index=False)
+    (suite / "claims" / "figures").mkdir()
+    (suite / "claims" / "figures" / "claims_forest.png").write_bytes(b"\x89PNG")
+    text = write_index(suite).read_text()
+    assert text.index("## Claims ledger") < text.index("## Runs")
+    section = text[text.index("## Claims ledger"):text.index("## Runs")]
+    assert "| CPSD beats the baseline | CPSD | test | mAP | 1.25 | 0.50 | 2.00 | 3 | reproduced |" in section
+    assert "| refuted |" not in section and "claims/figures/claims_forest.png" in section

@@ -19,8 +19,17 @@ def register(commands: Any) -> None:
     p.add_argument("--force", action="store_true", help="rerun notebooks that already succeeded")
     p.add_argument("--only", action="append", default=[], help="run only runs whose name starts with this")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="notebooks executed at once (each in its own kernel; summaries run after the others)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="notebooks executed at once, each in its own kernel with its share of the cores or GPUs "
+                        "(default: 1 with --executor local; with dask, one per GPU slot or per 4 cores); "
+                        "summaries run after the others")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="local: threads on this machine; dask: every run a Dask task, on a cluster of this "
+                        "machine's processes or on the one at --scheduler")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:8786) for --executor dask")
+    p.add_argument("--gpus-per-run", type=int, default=None, metavar="N",
+                   help="GPUs each run gets (default 1 where there are GPUs; 0 runs on CPUs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="parameter given to every notebook of the suite (repeatable)")
     p.set_defaults(func=run)
@@ -35,9 +44,12 @@ def run(args: argparse.Namespace) -> int:
         suite = Path(args.notebooks) / "suites" / f"{args.suite}.yaml"
     if not suite.exists():
         raise ConfigError(f"no suite {args.suite!r}: expected a YAML file or {suite}")
+    if args.scheduler and args.executor != "dask":
+        raise ConfigError(f"--scheduler {args.scheduler}: a scheduler needs --executor dask")
     result = run_suite(suite, reports_dir=args.reports, notebooks_dir=args.notebooks, force=args.force,
                        only=args.only or None, kernel_name=args.kernel, overrides=parse_set(args.set),
-                       workers=args.jobs)
+                       workers=args.jobs, executor=args.executor, scheduler=args.scheduler,
+                       gpus_per_run=args.gpus_per_run)
     print(f"report: {result.suite_dir / 'index.md'} (and index.html); {len(result.succeeded)} ran, "
           f"{len(result.skipped)} already done, {len(result.failed)} failed")
     for name in result.failed:

@@ -117,6 +117,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_stream(path, "w", lambda h: h.write(text))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    _atomic_stream(path, "wb", lambda h: h.write(data))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON atomically (numpy scalars and arrays are converted)."""
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
