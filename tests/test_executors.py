@@ -98,6 +98,7 @@ def test_a_dask_cluster_runs_the_suite_records_the_failure_and_a_rerun_skips_the
     nbs, suite = _suite(tmp_path, "  - notebook: work.ipynb\n    name: bad\n    parameters: {fail: true}\n"
                                   "  - notebook: work.ipynb\n    grid: {value: [1, 2, 3]}\n")
     assert len(load_suite(suite)[1]) == 4
+    environment = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")}
     result = run_suite(suite, reports_dir=tmp_path / "reports", notebooks_dir=nbs, progress=False,
                        executor="dask", workers=2)
     assert result.failed == ["bad"] and result.succeeded == ["work__value-1", "work__value-2", "work__value-3"]
@@ -105,6 +106,9 @@ def test_a_dask_cluster_runs_the_suite_records_the_failure_and_a_rerun_skips_the
     assert status["status"] == "failed" and "deliberate failure" in status["error"] and status["cell"] is not None
     index = (result.suite_dir / "index.md").read_text()
     assert "## Failures" in index and "| 30.00 |" in index
+    # the cluster's nannies leave this process's environment (inherited by every later subprocess) as it was
+    assert {k: os.environ.get(k) for k in environment} == {**environment, "PYTHONHASHSEED":
+                                                           environment["PYTHONHASHSEED"] or "random"}
     workers = {json.loads((result.suite_dir / r / "status.json").read_text())["worker"] for r in result.succeeded}
     assert all(w.split(":")[1] != str(os.getpid()) for w in workers)  # executed by the cluster's processes
 

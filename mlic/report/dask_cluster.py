@@ -59,6 +59,13 @@ def _shares_disk(suite_dir: Path, token: str) -> bool:
         return False
 
 
+#: what a nanny puts into *this* process's environment before it spawns a worker (distributed's default sets
+#: OMP_NUM_THREADS=1 and a fixed PYTHONHASHSEED here, which every later subprocess of the client would inherit):
+#: the slots' own environments set the threads, the hash seed stays random
+_PRE_SPAWN_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None,
+                      "OPENBLAS_NUM_THREADS": None, "PYTHONHASHSEED": "random"}
+
+
 def local_cluster(jobs: int | None = None, gpus_per_run: int | None = None) -> Any:
     """A cluster of this machine's processes: one worker per GPU slot, each pinned to its devices with
     `CUDA_VISIBLE_DEVICES`, or on CPUs `jobs` workers (default a worker per `CORES_PER_CPU_WORKER` cores) whose
@@ -74,7 +81,8 @@ def local_cluster(jobs: int | None = None, gpus_per_run: int | None = None) -> A
     workers = {f"mlic-{i}": {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": 0,
                                                         "silence_logs": logging.WARNING}}
                for i, env in enumerate(environments)}
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.nanny.pre-spawn-environ": _PRE_SPAWN_ENVIRON}):
         cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard": False}},
                               silence_logs=logging.WARNING, name="mlic")
     log.info("local Dask cluster: %d worker(s) %s", len(workers), environments)

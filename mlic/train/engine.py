@@ -53,7 +53,7 @@ from mlic.data.table import LabelledImages
 from mlic.losses import MultiLabelLoss, create_loss
 from mlic.models import backbone_data_config, create_model
 from mlic.models.classifier import MultiLabelClassifier
-from mlic.runs import Run
+from mlic.runs import Run, torch_threads
 from mlic.train import distributed
 from mlic.train.early_stopping import EarlyStopping
 from mlic.train.ema import create_ema
@@ -212,8 +212,6 @@ class Trainer:
         if cfg.data.batch_size % self.world:
             raise ValueError(f"data.batch_size is the global batch: {cfg.data.batch_size} does not split evenly over "
                              f"{self.world} processes")
-        if cfg.runtime.threads:  # several runs at once on a small machine: each keeps to its share of the cores
-            torch.set_num_threads(cfg.runtime.threads)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -716,5 +714,6 @@ def fit(cfg: RunConfig) -> RunResult:
     at once (`FolderInUseError`).
     """
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the folder
-    with Run(cfg.output_dir).lock() if main else contextlib.nullcontext():
+    # several runs at once on a small machine: each keeps to its share of the cores, and the caller's setting returns
+    with torch_threads(cfg.runtime.threads), Run(cfg.output_dir).lock() if main else contextlib.nullcontext():
         return Trainer(cfg).fit()
