@@ -198,3 +198,55 @@ def test_a_worker_without_the_suites_disk_sends_the_run_folder_back(tmp_path: Pa
     assert status["worker_dir"].endswith(str(worker_dir / "mlic-suites" / "f" / "files"))
     assert not (run_dir / "checkpoints" / "big.bin").exists()
     assert (worker_dir / "mlic-suites" / "f" / "files" / "checkpoints" / "big.bin").stat().st_size == 50_000
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Order
+# ---------------------------------------------------------------------------------------------------------------------
+def test_runs_wait_for_the_entries_they_come_after_and_summaries_come_last(tmp_path: Path) -> None:
+    from mlic.report.notebook import NotebookTask
+    from mlic.report.schedule import execution_waves
+    from mlic.report.suite import SuiteRun
+
+    def item(name: str, entry: str, after: tuple[str, ...] = (), summary: bool = False) -> tuple:
+        params = {"suite_dir": "x"} if summary else {}
+        return SuiteRun("n.ipynb", name, entry=entry, after=after), NotebookTask(name, "n.ipynb", "{}", params)
+
+    tasks = [item("report", "report", summary=True), item("cams", "cams", ("cpsd",)),
+             item("cpsd__k-3", "cpsd"), item("cpsd__k-5", "cpsd"), item("explain", "explain", ("cams", "quick")),
+             item("quick", "quick"), item("skipped_dep", "skipped_dep", ("not_running",))]
+    waves = [([t.run for t in wave], summary) for wave, summary in execution_waves(tasks)]
+    assert waves == [(["cpsd__k-3", "cpsd__k-5", "quick", "skipped_dep"], False), (["cams"], False),
+                     (["explain"], False), (["report"], True)]
+    with pytest.raises(ConfigError, match="form a cycle"):
+        execution_waves([item("a", "a", ("b",)), item("b", "b", ("a",))])
+
+
+def test_after_must_name_other_entries(tmp_path: Path) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nentries:\n  - notebook: a.ipynb\n  - notebook: b.ipynb\n    after: [c]\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: entry 'b': 'after' names \['c'\], which is not an entry"):
+        load_suite(suite)
+
+
+_PRODUCER = "time.sleep(2)\nopen(os.path.join(shared, 'made.txt'), 'w').write('made')\nmlic.report.record(output_dir)"
+_CONSUMER = ("found = os.path.exists(os.path.join(shared, 'made.txt'))\n"
+             "mlic.report.record(output_dir, metrics={'test': {'found': float(found)}})")
+
+
+@pytest.mark.notebook
+def test_with_two_jobs_a_run_starts_only_after_the_runs_it_reads(tmp_path: Path) -> None:
+    nbs = tmp_path / "notebooks"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    _notebook(nbs / "producer.ipynb", "output_dir: str = 'x'\nshared: str = ''", _PRODUCER)
+    _notebook(nbs / "consumer.ipynb", "output_dir: str = 'x'\nshared: str = ''", _CONSUMER)
+    (nbs / "suites").mkdir()
+    (nbs / "suites" / "o.yaml").write_text(
+        f"name: o\ndefaults: {{shared: {shared}}}\nentries:\n  - notebook: producer.ipynb\n"
+        "  - notebook: consumer.ipynb\n    after: [producer]\n")
+    result = run_suite(nbs / "suites" / "o.yaml", reports_dir=tmp_path / "reports", notebooks_dir=nbs,
+                       progress=False, workers=2)
+    assert result.succeeded == ["producer", "consumer"]
+    found = json.loads((result.suite_dir / "consumer" / "results.json").read_text())["metrics"]
+    assert found == {"test": {"found": 1.0}}

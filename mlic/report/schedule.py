@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlic.core.errors import ConfigError
 from mlic.core.io import atomic_write_json, atomic_write_text
 from mlic.report.notebook import STATUS_FILE, NotebookTask, read_source
 from mlic.report.suite import SuiteRun, declared_parameters, summarises_suite
@@ -64,7 +65,8 @@ def schedule(runs: Sequence[SuiteRun], *, suite_dir: Path, notebooks: Path, exec
              summary_executor: Executor | None = None, kernel_name: str = "python3",
              overrides: dict[str, Any] | None = None, force: bool = False, cwd: str | None = None,
              on_outcome: Callable[[NotebookTask, dict[str, Any]], None] | None = None) -> SuiteResult:
-    """Execute `runs` on `executor`, summarising notebooks afterwards on `summary_executor` (default the same).
+    """Execute `runs` on `executor` in `execution_waves` (a run after the entries it is `after`), summarising
+    notebooks last on `summary_executor` (default the same).
 
     Raises:
         KeyboardInterrupt: after Ctrl-C, once the executor stopped the running notebooks and their status is
@@ -75,7 +77,7 @@ def schedule(runs: Sequence[SuiteRun], *, suite_dir: Path, notebooks: Path, exec
     done: list[str] = []
     failed: list[str] = []
     skipped: list[str] = []
-    phases: tuple[list[NotebookTask], list[NotebookTask]] = ([], [])
+    tasks: list[tuple[SuiteRun, NotebookTask]] = []
     for run in runs:
         if not force and _last_status(suite_dir / run.name) == "ok":
             skipped.append(run.name)
@@ -90,11 +92,13 @@ def schedule(runs: Sequence[SuiteRun], *, suite_dir: Path, notebooks: Path, exec
                                                  "cell": None, "source": "", "seconds": 0.0})
             failed.append(run.name)
             continue
-        phases["suite_dir" in task.parameters].append(task)
+        tasks.append((run, task))
+    waves = execution_waves(tasks)
     active = executor
     try:
-        for phase, active in ((phases[0], executor), (phases[1], summary_executor or executor)):
-            for task, outcome in active.run(phase, suite_dir) if phase else ():
+        for wave, summarising in waves:
+            active = (summary_executor or executor) if summarising else executor
+            for task, outcome in active.run(wave, suite_dir):
                 record_outcome(suite_dir, task.run, outcome)
                 (done if outcome["status"] == "ok" else failed).append(task.run)
                 if on_outcome is not None:
@@ -103,7 +107,7 @@ def schedule(runs: Sequence[SuiteRun], *, suite_dir: Path, notebooks: Path, exec
         stopped = err.outcomes if isinstance(err, Interrupted) else active.stop()
         for task, outcome in stopped:
             record_outcome(suite_dir, task.run, outcome, interrupted=True)
-        for task in (*phases[0], *phases[1]):  # runs a lost or stopped worker left marked as running
+        for _, task in tasks:  # runs a lost or stopped worker left marked as running
             if _last_status(suite_dir / task.run) == "running":
                 record_outcome(suite_dir, task.run, {"notebook": task.notebook, "parameters": task.parameters,
                                                      "status": "failed", "error": "stopped before it finished",
@@ -111,6 +115,40 @@ def schedule(runs: Sequence[SuiteRun], *, suite_dir: Path, notebooks: Path, exec
         raise KeyboardInterrupt("interrupted") from None
     order = {r.name: i for i, r in enumerate(runs)}
     return SuiteResult(suite_dir, sorted(done, key=order.get), sorted(failed, key=order.get), skipped)
+
+
+def execution_waves(tasks: Sequence[tuple[SuiteRun, NotebookTask]]) -> list[tuple[list[NotebookTask], bool]]:
+    """The order of execution: waves of tasks that may run at once, each flagged whether it summarises the suite.
+
+    A run starts in the wave after every run of the entries it is `after` (those executing now; a skipped or
+    filtered-out entry is not waited for); notebooks that summarise the suite come last, after everything.
+
+    Raises:
+        ConfigError: the `after` relations form a cycle.
+    """
+    regular = [(run, task) for run, task in tasks if "suite_dir" not in task.parameters]
+    by_entry: dict[str, list[str]] = {}
+    for run, _ in regular:
+        by_entry.setdefault(run.entry, []).append(run.name)
+    level: dict[str, int] = {}
+    pending = list(regular)
+    while pending:
+        ready = [(run, task) for run, task in pending
+                 if all(name in level for entry in run.after for name in by_entry.get(entry, []))]
+        if not ready:
+            cycle = sorted({run.entry for run, _ in pending})
+            raise ConfigError(f"the 'after' relations of entries {cycle} form a cycle")
+        for run, _ in ready:
+            level[run.name] = 1 + max((level[name] for entry in run.after for name in by_entry.get(entry, [])),
+                                      default=-1)
+        pending = [item for item in pending if item not in ready]
+    waves: list[tuple[list[NotebookTask], bool]] = []
+    for depth in range(max(level.values(), default=-1) + 1):
+        waves.append(([task for run, task in regular if level[run.name] == depth], False))
+    summaries = [task for run, task in tasks if "suite_dir" in task.parameters]
+    if summaries:
+        waves.append((summaries, True))
+    return waves
 
 
 def build_task(run: SuiteRun, *, suite_dir: Path, notebooks: Path, kernel_name: str, overrides: dict[str, Any],

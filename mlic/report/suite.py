@@ -9,6 +9,8 @@ Suite YAML::
         name: quickstart
         parameters: {epochs: 6}
         grid: {seed: [0, 1]}                  # optional: one run per combination
+      - notebook: 08_thresholds.ipynb
+        after: [quickstart]                   # optional: runs once these entries' runs have ended
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class SuiteRun:
     """One notebook execution of a suite: which notebook, under which name, with which parameters.
 
     `parameters` are the ones its entry sets (with its grid point); `defaults` the suite's shared ones, given to the
-    notebook where it declares them; `entry` is the entry's name (runs of a grid share it).
+    notebook where it declares them; `entry` is the entry's name (runs of a grid share it); `after` the entries whose
+    runs must have ended before this one starts (it reads what they train).
     """
 
     notebook: str
@@ -41,6 +44,7 @@ class SuiteRun:
     parameters: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     entry: str = ""
+    after: tuple[str, ...] = ()
 
 
 def load_suite(path: str | Path) -> tuple[str, list[SuiteRun]]:
@@ -65,11 +69,22 @@ def load_suite(path: str | Path) -> tuple[str, list[SuiteRun]]:
         bad_axis = next((k for k, v in grid.items() if not isinstance(v, list)), None)
         if bad_axis is not None:
             raise ConfigError(f"{path}: entry {name!r}: grid {bad_axis!r} must be a list of values")
+        after = entry.get("after") or []
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise ConfigError(f"{path}: entry {name!r}: 'after' must be a list of entry names, got {after!r}")
         keys = sorted(grid)
         for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
             point = dict(zip(keys, combo))
             suffix = "".join(f"__{k}-{_slug(v)}" for k, v in point.items())
-            runs.append(SuiteRun(entry["notebook"], f"{name}{suffix}", {**params, **point}, dict(defaults), name))
+            runs.append(SuiteRun(entry["notebook"], f"{name}{suffix}", {**params, **point}, dict(defaults), name,
+                                 tuple(after)))
+    entries = {r.entry for r in runs}
+    for run in runs:
+        unknown = sorted(set(run.after) - entries)
+        if unknown or run.entry in run.after:
+            raise ConfigError(f"{path}: entry {run.entry!r}: 'after' names {unknown or [run.entry]}, which "
+                              f"{'is not an entry' if unknown else 'is the entry itself'} (entries: "
+                              f"{', '.join(sorted(entries))})")
     names = [r.name for r in runs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
