@@ -41,3 +41,16 @@ def tiny_config(root: Path, out: Path, **overrides: object) -> RunConfig:
 @pytest.fixture
 def tiny_cfg(scenes_root: Path, tmp_path: Path) -> RunConfig:
     return tiny_config(scenes_root, tmp_path / "run")
+
+
+def write_notebook(path: Path, parameters: str, body: str, *, imports: str = "import mlic") -> None:
+    """A small notebook for the suite runner's tests: a title, `imports`, a `parameters` cell, then `body`."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    params = new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [new_markdown_cell("# t"), new_code_cell(imports), params, new_code_cell(body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)

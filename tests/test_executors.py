@@ -11,22 +11,16 @@ import threading
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mlic.core.errors import ConfigError
 from mlic.report import load_suite, run_suite
 from mlic.report.executors import slot_environments
+from tests.conftest import write_notebook
 
 
 def _notebook(path: Path, parameters: str, body: str) -> None:
-    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    params = new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell("# t"), new_code_cell("import os, time\nimport mlic"), params, new_code_cell(body)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
+    write_notebook(path, parameters, body, imports="import os, time\nimport mlic")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

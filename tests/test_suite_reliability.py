@@ -12,24 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mlic.core.errors import ConfigError
 from mlic.report import run_suite
+from tests.conftest import write_notebook as _notebook
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _notebook(path: Path, parameters: str, body: str) -> None:
-    nb = new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
-    params = new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell("# t"), new_code_cell("import mlic"), params, new_code_cell(body)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
 
 
 _FLAKY = """
