@@ -1,4 +1,4 @@
-"""Heads of issue 3: ML-Decoder, Query2Label, ML-GCN, graph re-weighting — against explicit computations, the
+"""Heads: ML-Decoder, Query2Label, ML-GCN, graph re-weighting — against explicit computations, the
 reference's toy adjacency, checkpoints, the engine's dataset binding, and the head-comparison helpers."""
 
 from __future__ import annotations

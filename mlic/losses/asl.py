@@ -17,8 +17,9 @@ Paper and reference versus `mlic`:
 - Detached focusing weight: ``AsymmetricLoss`` defaults to ``disable_torch_grad_focal_loss=True`` and the recipes
   pass True, so `mlic`'s ``detach_focal_weight`` defaults to True; ``AsymmetricLossOptimized`` (and timm's
   ``AsymmetricLossMultiLabel``) default to keeping the gradient, which the maintainer recommends trying first
-  (issue #31). The reference toggles the *global* grad mode (``torch.set_grad_enabled``), which re-enables gradients
-  when the loss is called inside ``torch.no_grad()``; here the weight is computed under a scoped ``torch.no_grad()``.
+  (Alibaba-MIIL/ASL issue #31). The reference toggles the *global* grad mode (``torch.set_grad_enabled``), which
+  re-enables gradients when the loss is called inside ``torch.no_grad()``; here the weight is computed under a scoped
+  ``torch.no_grad()``.
 - Clipping: the reference's ``xs_neg = min(1 - p + clip, 1)`` is ``1 - p_m`` for the paper's shifted probability
   ``p_m = max(p - m, 0)``, with ``m = clip``; the sign looks reversed only because ``xs_neg`` holds ``1 - p``.
 """

@@ -1,4 +1,4 @@
-"""Single-positive figures: losses compared, ROLE estimator agreement, recovered positives (issue 8)."""
+"""Single-positive figures: losses compared, ROLE estimator agreement, recovered positives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Co-occurrence-shift figures: drop per method and per label against CAM energy on companions (issue 9)."""
+"""Co-occurrence-shift figures: drop per method and per label against CAM energy on companions."""
 
 from __future__ import annotations
 

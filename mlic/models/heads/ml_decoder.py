@@ -16,8 +16,8 @@ Faithful to the reference:
 Deliberate differences:
 - the layer is called directly (no `nn.TransformerDecoder` wrapper), so PyTorch ≥ 2's `tgt_is_causal` keywords never
   reach it, and it returns the attention weights when asked (`forward_aux`);
-- the group FC is one `einsum('bkd,kdg->bkg')` instead of a Python loop over groups (reference issue #83: the loop was
-  slow); the values are identical;
+- the group FC is one `einsum('bkd,kdg->bkg')` instead of a Python loop over groups (Alibaba-MIIL/ML_Decoder
+  issue #83: the loop was slow); the values are identical;
 - batch-first tensors; no zero-shot (word-vector queries) mode.
 
 `forward_aux` returns `attention` (`[B, K, H, W]` for CNN maps, `[B, K, N]` for tokens; the cross-attention of the last
