@@ -94,3 +94,35 @@ def test_method_metrics_carry_each_method_and_the_headline_the_correlation() -> 
                         "test_shift": {"mAP": 30.0}}
     head = shift.headline(joined, method="b")
     assert head["test"]["mAP"] == 70.0 and head["test"]["spearman_drop_vs_companion_energy"] == pytest.approx(1.0)
+
+
+def test_a_suites_methods_keep_each_swept_method_at_its_best_learning_rate_on_validation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (12, 3))
+    rows = []
+    # study "aam" swept the learning rate: ASL is best at 0.01, AAM at 0.001 (mean val/mAP over two seeds)
+    val = {("ASL", 0.01): (70.0, 72.0), ("ASL", 0.001): (69.0, 71.5), ("AAM", 0.01): (60.0, 61.0),
+           ("AAM", 0.001): (64.0, 60.0)}
+    for (variant, lr), scores in val.items():
+        for seed, score in enumerate(scores):
+            run_dir = tmp_path / "runs" / f"{variant}-{lr}-{seed}"
+            for split in ("test", "test_shift"):
+                _predictions(run_dir, split, rng.random((12, 3)), targets)
+            rows.append({"variant": variant, "seed": seed, "run_dir": str(run_dir), "optim.lr": lr,
+                         "val/mAP": score})
+    heads_dir = tmp_path / "runs" / "gap-0"  # a study without the axis: kept whole
+    for split in ("test", "test_shift"):
+        _predictions(heads_dir, split, rng.random((12, 3)), targets)
+    for study, table in (("aam", pd.DataFrame(rows)),
+                         ("heads", pd.DataFrame([{"variant": "gap", "seed": 0, "run_dir": str(heads_dir),
+                                                  "val/mAP": 50.0}]))):
+        folder = tmp_path / "suite" / study
+        (folder / "tables").mkdir(parents=True)
+        table.to_csv(folder / "tables" / "runs.csv", index=False)
+        (folder / "status.json").write_text('{"status": "ok"}')
+
+    methods = shift.suite_methods(tmp_path / "suite")
+
+    kept = {(m, lr) for m, lr in zip(methods["method"], methods["optim.lr"].fillna(0))}
+    assert kept == {("ASL (aam)", 0.01), ("AAM (aam)", 0.001), ("gap (heads)", 0)}
+    assert methods.groupby("method").size().to_dict() == {"ASL (aam)": 2, "AAM (aam)": 2, "gap (heads)": 1}

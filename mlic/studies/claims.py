@@ -119,16 +119,29 @@ def collect_runs(suite_dir: str | Path, *, table: str = "runs") -> pd.DataFrame:
                                                                                      "run_dir"])
 
 
+def keep_tuned(rows: pd.DataFrame, column: str, score: str, *, by: Sequence[str] = ("variant",)) -> pd.DataFrame:
+    """For each group of `by`, only the rows at the value of `column` (a grid axis such as ``optim.lr``) whose mean
+    `score` over seeds is highest: each method at its own tuned setting. Groups that do not vary `column` (it is
+    missing there) are kept whole."""
+    if column not in rows or score not in rows:
+        return rows
+    kept = []
+    for key, part in rows.groupby(list(by), sort=False):
+        means = part.groupby(column)[score].mean().dropna()
+        if means.empty:
+            kept.append(part)
+            continue
+        best = means.idxmax()
+        kept.append(part[part[column] == best])
+        log.info("%s tuned to %s = %s on %s", key, column, best, score)
+    return pd.concat(kept) if kept else rows
+
+
 def _study_rows(runs: pd.DataFrame, claim: Claim) -> pd.DataFrame:
     rows = runs[(runs["study"] == claim.study) | runs["study"].astype(str).str.startswith(f"{claim.study}__")]
     if claim.tune and claim.tune in rows:
-        kept = []
         score = "val/mAP" if "val/mAP" in rows else f"{claim.split}/{claim.metric}"
-        for variant, part in rows.groupby("variant", sort=False):
-            best = part.groupby(claim.tune)[score].mean().idxmax()
-            kept.append(part[part[claim.tune] == best])
-            log.info("%s: %s tuned to %s = %s on %s", claim.name, variant, claim.tune, best, score)
-        rows = pd.concat(kept) if kept else rows
+        rows = keep_tuned(rows, claim.tune, score)
     return rows
 
 

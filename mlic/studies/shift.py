@@ -1,11 +1,12 @@
-"""The co-occurrence-shift study: every method of the lab on Scenes `test` vs `test_shift`.
+"""The co-occurrence-shift study: every method of the lab on Scenes `test` against its shifted splits.
 
-Scenes' `test_shift` draws objects independently of context on random backgrounds, so the co-occurrence and
-background cues a model may lean on are gone there; the drop from `test` measures how much a method relied on them.
-`train_methods` trains each method on one shared recipe (`METHODS` holds each method's overrides; CPSD is a study of
-teachers and a student), `drop_table` and `label_drop` measure the drop per method and per label, and
-`companion_energy` relates the drop to where the model's CAMs look: the share of CAM energy on the boxes of the
-image's *other* objects.
+Scenes' factorial shift takes the cues a model may lean on apart: `test_bg` paints a foreign background (co-occurrence
+intact), `test_cooc` drops the co-occurring companions (background of the first object's context), `test_shift`
+breaks both. `decompose` splits each method's drop from `test` into a background part, a co-occurrence part and
+what is left of the drop to `test_shift`. `train_methods` trains each method on one shared recipe (`METHODS` holds
+each method's overrides; CPSD is a study of teachers and a student), `drop_table` and `label_drop` measure the drop
+per method and per label, and `companion_energy` relates the drop to where the model's CAMs look: the share of CAM
+energy on the boxes of the image's *other* objects.
 """
 
 from __future__ import annotations
@@ -131,15 +132,22 @@ def decompose(frame: pd.DataFrame, *, metric: str = "mAP", by: Sequence[str] = (
     return over_seeds(frame, keys, metrics_columns + columns)
 
 
+#: grid axes a study may sweep to tune each method; a suite's shift study keeps each method at its best value
+TUNED_AXES = ("optim.lr",)
+
+
 def suite_methods(suite_dir: str | Path, *, splits: Sequence[str] = ("test", "test_shift")) -> pd.DataFrame:
     """Every run the studies of a suite recorded (`mlic.studies.claims.collect_runs`) that saved predictions on
     `splits`, as rows with a ``method`` column (``<variant> (<study>)``) beside its `<split>/<metric>` columns: the
-    shift study of a whole suite, without training anything again."""
-    from mlic.studies.claims import collect_runs
+    shift study of a whole suite, without training anything again. Where a study swept a `TUNED_AXES` value (AAM's
+    learning rates), each method keeps only its runs at the value best on validation, as the ledger does."""
+    from mlic.studies.claims import collect_runs, keep_tuned
 
     runs = collect_runs(suite_dir)
     keep = [all(Run(d).predictions_file(s).is_file() for s in splits) for d in runs["run_dir"]]
     runs = runs[keep].copy()
+    for axis in TUNED_AXES:
+        runs = keep_tuned(runs, axis, "val/mAP", by=("study", "variant"))
     runs["method"] = [f"{v} ({s})" for v, s in zip(runs["variant"], runs["study"])]
     return runs.reset_index(drop=True)
 
