@@ -38,6 +38,22 @@ def test_prefix_then_suffix_is_the_whole_network_and_only_the_prefix_is_frozen(b
     assert cut in cut_points(model.backbone)
 
 
+def test_a_cuts_cache_fingerprint_follows_the_prefix_and_ignores_the_trained_suffix() -> None:
+    from mlic.data.features import state_fingerprint
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", "gap", 5, pretrained=False, train_from="blocks.3")
+    before = state_fingerprint(model.cut.frozen_state())
+    assert any(name.startswith("blocks.2.") for name in model.cut.frozen_state())
+    assert not any(name.startswith(("blocks.3.", "blocks.4.")) for name in model.cut.frozen_state())
+    with torch.no_grad():
+        model.backbone.blocks[3][0].conv_pw.weight.add_(1.0)  # what training from the cut changes
+    assert state_fingerprint(model.cut.frozen_state()) == before
+    with torch.no_grad():
+        model.backbone.conv_stem.weight.add_(1.0)  # what the cached outputs depend on
+    assert state_fingerprint(model.cut.frozen_state()) != before
+
+
 def test_bad_cuts_name_what_is_possible() -> None:
     with pytest.raises(ValueError, match=r"'blocks\.99' is not a cut point .* choose from blocks\.0, blocks\.1"):
         create_model("test_efficientnet", "gap", 3, pretrained=False, train_from="blocks.99")
@@ -71,3 +87,10 @@ def test_a_run_from_a_cut_trains_only_after_it_from_a_cache(scenes_root: Path, t
     test = load_split("scenes", scenes_root, "test")
     direct = predict_table(trained, test, image_size=cfg.data.image_size)
     np.testing.assert_allclose(Run(result.run_dir).predictions("test")["scores"], direct, atol=5e-3)
+    # the trained model keys the same prefix outputs: a teacher's logits read the cache instead of computing it again
+    from mlic.studies.cpsd.teachers import predict_logits
+
+    logits = predict_logits(Run(result.run_dir).checkpoint("best"), test)
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 6
+    np.testing.assert_allclose(torch.sigmoid(torch.from_numpy(logits)).numpy(),
+                               Run(result.run_dir).predictions("test")["scores"], atol=1e-6)

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +48,27 @@ def default_cache_dir() -> Path:
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     """A hash of every tensor of the backbone's state dict (names, shapes and values)."""
+    return state_fingerprint(backbone.state_dict())
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of named tensors (names, shapes and values)."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in backbone.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def cache_key(backbone: torch.nn.Module, table: LabelledImages, settings: dict[str, Any]) -> str:
-    """The key of one split's features for one backbone and preprocessing.
+def cache_key(backbone: torch.nn.Module | str, table: LabelledImages, settings: dict[str, Any]) -> str:
+    """The key of one split's features for one backbone (or the fingerprint of what computes them) and preprocessing.
 
     Each image counts by path, size and modification time, so regenerated or replaced images at the same paths
     (e.g. Scenes made again with other settings) get new features instead of stale ones.
     """
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(backbone_fingerprint(backbone).encode())
+    digest.update((backbone if isinstance(backbone, str) else backbone_fingerprint(backbone)).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in table.paths:
         try:
@@ -143,17 +148,19 @@ def cached_features(model: torch.nn.Module, dataset: ImageDataset, *, settings: 
                     num_workers: int = 0, progress: bool = True, skipped: list[int] | None = None,
                     train_from: str | None = None) -> np.memmap:
     """Features of `dataset` from the cache, computing and storing them on a miss (safe across processes): the
-    backbone's features, or with `train_from` the output of the model's frozen prefix before that module (part of
-    the key).
+    backbone's features, or with `train_from` the output of the model's frozen prefix before that module (keyed by
+    the prefix's own tensors, so a model trained from the cut finds the entries it trained on).
 
     Args:
         skipped: a list to fill with the rows whose image could not be read (their features are zeros); a cached
             entry with such rows raises `BadImageError` under `bad_images="raise"`.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if train_from is not None:
+    if train_from is not None:  # a cut's entry depends on the frozen prefix alone, not on the trained suffix
         settings = {**settings, "train_from": train_from}
-    key = cache_key(model.backbone, dataset.table, settings)
+        key = cache_key(state_fingerprint(model.cut.frozen_state()), dataset.table, settings)
+    else:
+        key = cache_key(model.backbone, dataset.table, settings)
     data_file, info_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temporaries(cache_dir)

@@ -105,6 +105,17 @@ class BackboneCut:
             params += [p for name, p in self.backbone.named_parameters(recurse=False)]
         return params
 
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The tensors (parameters and buffers) the prefix computes with, by name: all that its output depends on,
+        so that a model trained from the cut keys the same cached prefix outputs as the one it started from."""
+        state: dict[str, torch.Tensor] = {}
+        for name, step in self.prefix_steps:
+            if isinstance(step, nn.Module):
+                state.update({f"{name}.{key}": value for key, value in step.state_dict().items()})
+        if any(name == "pos_embed" for name, _ in self.prefix_steps):
+            state.update({name: p for name, p in self.backbone.named_parameters(recurse=False)})
+        return state
+
     def freeze(self) -> None:
         """Stop the prefix's parameters from training and keep its modules in eval mode."""
         for p in self.frozen_parameters():
