@@ -697,6 +697,19 @@ def test_drop_vs_companion_energy_points_in_percent() -> None:
     assert [t.get_text() for t in ax.texts] == ["cpsd", "baseline"] and ax.get_title().endswith("ρ = 1.00)")
 
 
+def test_drop_vs_companion_energy_names_close_methods_without_overlap() -> None:
+    methods = [f"method_{i} (study)" for i in range(8)]
+    joined = pd.DataFrame({"method": methods, "companion_energy": [0.239, 0.2395, 0.24, 0.25, 0.2505, 0.26, 0.22,
+                                                                   0.241],
+                           "drop": [35.5, 35.5, 35.52, 38.6, 38.61, 36.0, 31.7, 35.49]})
+    fig = shift.drop_vs_companion_energy(joined)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets()[:, 0], 100 * joined["companion_energy"])
+    texts = [t for t in ax.texts if t.get_text() in methods]
+    assert sorted(t.get_text() for t in texts) == sorted(methods)
+    assert not _overlapping(_boxes(fig, texts))
+
+
 def test_label_drop_vs_companion_energy_colours_by_method() -> None:
     long = pd.DataFrame({"method": ["a", "a", "b"], "companion_energy": [0.1, 0.2, 0.3], "drop": [1.0, 2.0, 3.0]})
     ax = shift.label_drop_vs_companion_energy(long).axes[0]

@@ -113,7 +113,8 @@ def test_a_suites_methods_keep_each_swept_method_at_its_best_learning_rate_on_va
     heads_dir = tmp_path / "runs" / "gap-0"  # a study without the axis: kept whole
     for split in ("test", "test_shift"):
         _predictions(heads_dir, split, rng.random((12, 3)), targets)
-    for study, table in (("aam", pd.DataFrame(rows)),
+    rereads = pd.DataFrame(rows[:2]).assign(variant="AAM")  # another study recording runs it read, not trained
+    for study, table in (("aam", pd.DataFrame(rows)), ("thresholds", rereads),
                          ("heads", pd.DataFrame([{"variant": "gap", "seed": 0, "run_dir": str(heads_dir),
                                                   "val/mAP": 50.0}]))):
         folder = tmp_path / "suite" / study

@@ -140,7 +140,8 @@ def suite_methods(suite_dir: str | Path, *, splits: Sequence[str] = ("test", "te
     """Every run the studies of a suite recorded (`mlic.studies.claims.collect_runs`) that saved predictions on
     `splits`, as rows with a ``method`` column (``<variant> (<study>)``) beside its `<split>/<metric>` columns: the
     shift study of a whole suite, without training anything again. Where a study swept a `TUNED_AXES` value (AAM's
-    learning rates), each method keeps only its runs at the value best on validation, as the ledger does."""
+    learning rates), each method keeps only its runs at the value best on validation, as the ledger does; a run
+    that two studies recorded counts once, under the first."""
     from mlic.studies.claims import collect_runs, keep_tuned
 
     runs = collect_runs(suite_dir)
@@ -148,6 +149,7 @@ def suite_methods(suite_dir: str | Path, *, splits: Sequence[str] = ("test", "te
     runs = runs[keep].copy()
     for axis in TUNED_AXES:
         runs = keep_tuned(runs, axis, "val/mAP", by=("study", "variant"))
+    runs = runs.drop_duplicates("run_dir")  # a study that reads another's runs (08 on 03's) does not repeat them
     runs["method"] = [f"{v} ({s})" for v, s in zip(runs["variant"], runs["study"])]
     return runs.reset_index(drop=True)
 
