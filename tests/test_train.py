@@ -320,14 +320,15 @@ def test_resume_refuses_a_different_number_of_epochs(tiny_cfg: RunConfig) -> Non
 
 def test_feature_cache_key_changes_when_an_image_is_replaced(scenes_root: Path, tmp_path: Path) -> None:
     """Regenerating a dataset at the same paths must not serve the old images' features."""
-    from mlic.data.features import cache_key
+    from mlic.data.features import backbone_fingerprint, cache_key
     from mlic.data.sources import load_split
     from mlic.models import create_model
 
     copy = tmp_path / "scenes"
     shutil.copytree(scenes_root, copy)
     table = load_split("scenes", copy, "val")
-    backbone = create_model("test_efficientnet", "gap", table.num_classes, pretrained=False).backbone
+    backbone = backbone_fingerprint(create_model("test_efficientnet", "gap", table.num_classes,
+                                                 pretrained=False).backbone)
     before = cache_key(backbone, table, {"image_size": 32})
     assert cache_key(backbone, table, {"image_size": 32}) == before
     first = Path(table.paths[0])

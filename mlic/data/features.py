@@ -61,14 +61,15 @@ def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(backbone: torch.nn.Module | str, table: LabelledImages, settings: dict[str, Any]) -> str:
-    """The key of one split's features for one backbone (or the fingerprint of what computes them) and preprocessing.
+def cache_key(fingerprint: str, table: LabelledImages, settings: dict[str, Any]) -> str:
+    """The key of one split's features: the `fingerprint` of the weights that compute them (`backbone_fingerprint`,
+    or a cut's frozen prefix), the preprocessing `settings` and the images.
 
     Each image counts by path, size and modification time, so regenerated or replaced images at the same paths
     (e.g. Scenes made again with other settings) get new features instead of stale ones.
     """
     digest = hashlib.blake2b(digest_size=12)
-    digest.update((backbone if isinstance(backbone, str) else backbone_fingerprint(backbone)).encode())
+    digest.update(fingerprint.encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for path in table.paths:
         try:
@@ -156,11 +157,12 @@ def cached_features(model: torch.nn.Module, dataset: ImageDataset, *, settings: 
             entry with such rows raises `BadImageError` under `bad_images="raise"`.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if train_from is not None:  # a cut's entry depends on the frozen prefix alone, not on the trained suffix
+    if train_from is None:
+        fingerprint = backbone_fingerprint(model.backbone)
+    else:  # a cut's entry depends on the frozen prefix alone, not on the trained suffix
         settings = {**settings, "train_from": train_from}
-        key = cache_key(state_fingerprint(model.cut.frozen_state()), dataset.table, settings)
-    else:
-        key = cache_key(model.backbone, dataset.table, settings)
+        fingerprint = state_fingerprint(model.cut.frozen_state())
+    key = cache_key(fingerprint, dataset.table, settings)
     data_file, info_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temporaries(cache_dir)
