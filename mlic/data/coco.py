@@ -21,7 +21,7 @@ import numpy as np
 
 from mlic.core.errors import BadImageError, DataFormatError
 from mlic.data.sources import DATASETS
-from mlic.data.table import LabelledImages
+from mlic.data.table import LabelledImages, missing_images
 
 logger = logging.getLogger(__name__)
 
@@ -304,17 +304,9 @@ def _image_extras(images: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _check_files(table: LabelledImages, missing: MissingPolicy) -> LabelledImages:
-    """Apply the `missing` policy to images not on disk (one directory listing per folder, not one stat per file)."""
+    """Apply the `missing` policy to images not on disk (`missing_images`)."""
     absent = np.zeros(len(table), dtype=bool)
-    listed: dict[Path, set[str]] = {}
-    for i, p in enumerate(table.paths):
-        parent = p.parent
-        if parent not in listed:
-            try:
-                listed[parent] = set(os.listdir(parent))
-            except OSError:
-                listed[parent] = set()
-        absent[i] = p.name not in listed[parent]
+    absent[missing_images(table)] = True
     n_absent = int(absent.sum())
     if not n_absent:
         return table

@@ -12,7 +12,6 @@ how many were skipped and in which folder the images were looked for (`check_rea
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,22 +148,6 @@ def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
     if "observed" in good[0]:
         batch["observed"] = torch.stack([it["observed"] for it in good])
     return batch
-
-
-def missing_images(table: LabelledImages) -> list[int]:
-    """Rows of `table` whose image file does not exist (one directory listing per folder, not one stat per file)."""
-    listed: dict[Path, set[str]] = {}
-    missing = []
-    for row, path in enumerate(table.paths):
-        folder = path.parent
-        if folder not in listed:
-            try:
-                listed[folder] = set(os.listdir(folder))
-            except OSError:
-                listed[folder] = set()
-        if path.name not in listed[folder]:
-            missing.append(row)
-    return missing
 
 
 def check_readable(table: LabelledImages, skipped: Collection[str], *, split: str | None,

@@ -6,6 +6,7 @@ nothing downstream knows which format the data came from.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,3 +129,19 @@ def summary_table(tables: dict[str, LabelledImages]) -> Any:
     import pandas as pd
 
     return pd.DataFrame([{"split": name, **table.summary()} for name, table in tables.items()])
+
+
+def missing_images(table: LabelledImages) -> list[int]:
+    """Rows of `table` whose image file does not exist (one directory listing per folder, not one stat per file)."""
+    listed: dict[Path, set[str]] = {}
+    missing = []
+    for row, path in enumerate(table.paths):
+        folder = path.parent
+        if folder not in listed:
+            try:
+                listed[folder] = set(os.listdir(folder))
+            except OSError:
+                listed[folder] = set()
+        if path.name not in listed[folder]:
+            missing.append(row)
+    return missing

@@ -46,10 +46,10 @@ from mlic.core.io import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from mlic.data.dataset import ImageDataset, build_transforms, check_readable, collate_skipping, missing_images
+from mlic.data.dataset import ImageDataset, build_transforms, check_readable, collate_skipping
 from mlic.data.features import FeatureDataset, cached_features
 from mlic.data.sources import load_split
-from mlic.data.table import LabelledImages
+from mlic.data.table import LabelledImages, missing_images
 from mlic.losses import MultiLabelLoss, create_loss
 from mlic.models import backbone_data_config, create_model
 from mlic.models.classifier import MultiLabelClassifier
