@@ -88,7 +88,8 @@ def test_resume_after_kill_reaches_the_same_final_metrics(scenes_root: Path, tmp
     cmd = [sys.executable, "-m", "mlic", "train", "--config", str(tmp_path / "killed.yaml")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_rows(tmp_path / "killed" / "metrics.jsonl", 2, proc)
+        # an epoch's row is written just before its `last.pt`: after 3 rows, epoch 1's checkpoint is surely on disk
+        _wait_for_rows(tmp_path / "killed" / "metrics.jsonl", 3, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
